@@ -1,0 +1,29 @@
+"""manyruns: train populations of neural networks and compute statistics over them.
+
+>>> import manyruns
+>>> manyruns.plan("examples/demo.toml", "runs/demo")      # doctest: +SKIP
+>>> manyruns.train("runs/demo", workers=2)                 # doctest: +SKIP
+>>> pop = manyruns.open("runs/demo")                       # doctest: +SKIP
+>>> pop.runs.head()                                        # doctest: +SKIP
+"""
+
+__version__ = "0.1.0"
+
+from .api import TrainReport, plan, status, train  # noqa: E402
+from .population import Population, open  # noqa: E402
+from .recipe import Recipe, RecipeError  # noqa: E402
+from .store import StoreError, StoreNotFoundError  # noqa: E402
+
+__all__ = [
+    "Population",
+    "Recipe",
+    "RecipeError",
+    "StoreError",
+    "StoreNotFoundError",
+    "TrainReport",
+    "__version__",
+    "open",
+    "plan",
+    "status",
+    "train",
+]

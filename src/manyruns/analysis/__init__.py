@@ -1,0 +1,1 @@
+"""Population analyses: streaming reductions over blocks of runs."""

@@ -1,0 +1,278 @@
+"""The scriptable API behind the command line: plan a store, train it, ask its status."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import store as store_mod
+from .data import check_fingerprint, load_dataset, resolve_data_root
+from .execute import available_cores, make_executor
+from .models.architectures import count_parameters, create_model, parameter_layout
+from .plan import group_key, plan_runs, plans_from_columns, plans_to_columns, run_recipe
+from .population import Population
+from .recipe import Recipe, RecipeError
+from .store import Store, StoreError, StoreNotFoundError
+from .train.worker import WorkOrder, data_root_for, dataset_for
+
+
+def _as_recipe(recipe: Recipe | str | os.PathLike) -> tuple[Recipe, str]:
+    if isinstance(recipe, Recipe):
+        import json
+
+        return recipe, "# recipe given as an object\n" + json.dumps(recipe.to_dict(), indent=1)
+    path = Path(recipe)
+    loaded = Recipe.load(path)
+    return loaded, path.read_text()
+
+
+def _layout(recipe: Recipe, plans, dataset) -> dict:
+    """Data shapes and the flattened-weight layout; every run must share the layout if weights are kept."""
+    specs = {}
+    for p in plans:
+        resolved = run_recipe(recipe, p).model
+        specs.setdefault(resolved.model_dump_json(), resolved)
+    counts = {k: count_parameters(create_model(s, dataset.input_shape, dataset.num_classes, 0)) for k, s in specs.items()}
+    if recipe.record.weights and len(set(counts.values())) > 1:
+        raise RecipeError(
+            "field 'record.weights': the sweep gives runs different parameter counts "
+            f"({sorted(set(counts.values()))}); weights can only be kept when every run has the same layout",
+            field="record.weights",
+        )
+    base = create_model(recipe.model, dataset.input_shape, dataset.num_classes, 0)
+    return {
+        "n_train": dataset.n_train,
+        "n_test": dataset.n_test,
+        "num_classes": dataset.num_classes,
+        "input_shape": list(dataset.input_shape),
+        "num_params": count_parameters(base),
+        "params": parameter_layout(base),
+    }
+
+
+def plan(recipe: Recipe | str | os.PathLike, path: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> Population:
+    """Create the store at ``path`` for ``recipe`` (a TOML path or a Recipe).
+
+    On an existing store: the same recipe changes nothing; a recipe that differs only by a
+    larger ``population.runs`` grows the store; any other difference is refused.
+    """
+    recipe, text = _as_recipe(recipe)
+    path = Path(path)
+    if (path / "zarr.json").is_file():
+        existing = Store.open(path)
+        old, new = dict(existing.meta["recipe"]), recipe.to_dict()
+        old_runs, new_runs = old["population"]["runs"], new["population"]["runs"]
+        old["population"] = {**old["population"], "runs": None}
+        new["population"] = {**new["population"], "runs": None}
+        diffs = store_mod.recipe_differences(old, new)
+        if diffs:
+            raise StoreError(f"{path} holds a population of a different recipe; differences: " + "; ".join(diffs))
+        if new_runs < old_runs:
+            raise StoreError(f"{path} has {old_runs} runs; a recipe with {new_runs} would drop runs (shrinking is not supported)")
+        if new_runs > old_runs:
+            columns = plans_to_columns(plan_runs(recipe))
+            prefix = {k: v[:old_runs] for k, v in columns.items()}
+            if prefix != existing.meta["runs"]:
+                raise StoreError(f"{path}: the stored plan of the first {old_runs} runs does not match this recipe's")
+            store_mod.grow(existing, recipe, text, columns)
+        return Population(Store.open(path))
+    root = resolve_data_root(data_dir)
+    dataset = load_dataset(recipe.data.dataset, root)
+    plans = plan_runs(recipe)
+    layout = _layout(recipe, plans, dataset)
+    columns = plans_to_columns(plans)
+    store = store_mod.create(
+        path, recipe, text, dataset.fingerprint(), layout, columns, (dataset.y_train, dataset.y_test), str(root.resolve()) if root else None
+    )
+    return Population(store)
+
+
+@dataclass
+class TrainReport:
+    """What one ``train`` call did."""
+
+    trained: int = 0
+    diverged: int = 0
+    failed: dict[int, str] = field(default_factory=dict)
+    skipped_claimed: int = 0
+    remaining: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def runs_per_hour(self) -> float:
+        return 3600.0 * self.trained / self.seconds if self.seconds > 0 else float("nan")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["failed"] = {str(k): v for k, v in self.failed.items()}
+        d["runs_per_hour"] = self.runs_per_hour
+        return d
+
+
+def default_group_size(strategy: str, device: str) -> int:
+    """Runs per group: many for the batched forms, few for the per-model loop."""
+    if strategy in ("stacked", "vmap"):
+        return 256 if device.startswith("cuda") else 32
+    return 1 if device.startswith("cuda") else 4
+
+
+def make_groups(recipe: Recipe, plans, todo: list[int], group_size: int) -> list[list[int]]:
+    """Split ``todo`` runs into groups that can train together, at most ``group_size`` each."""
+    by_key: dict[str, list[int]] = {}
+    for r in todo:
+        by_key.setdefault(group_key(recipe, plans[r]), []).append(r)
+    groups = []
+    for runs in by_key.values():
+        groups += [runs[i : i + group_size] for i in range(0, len(runs), group_size)]
+    return sorted(groups, key=lambda g: g[0])
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"device must be cpu, cuda or auto, got {device!r}")
+    return device
+
+
+def train(
+    path: str | os.PathLike,
+    workers: int | None = None,
+    device: str = "auto",
+    max_runs: int | None = None,
+    data_dir: str | os.PathLike | None = None,
+    executor: str = "local",
+    strategy: str = "auto",
+    group_size: int | None = None,
+    progress: bool = True,
+    log_epochs: bool = False,
+) -> TrainReport:
+    """Train every run of the store at ``path`` that is not committed yet (resumable).
+
+    ``workers``: parallel worker processes (default: one per core on CPU, one per GPU on CUDA).
+    ``max_runs``: train at most this many runs in this call. Runs claimed by another live
+    ``train`` process are left to it. A failing group is recorded and the others go on.
+    """
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    store = Store.open(path)
+    recipe = store.recipe
+    device = resolve_device(device)
+    if workers is None:
+        workers = 1 if executor == "serial" else (_cuda_count() or 1) if device.startswith("cuda") else available_cores()
+    if workers < 1:
+        raise ValueError("workers must be at least 1")
+    data_dir = None if data_dir is None else str(data_dir)
+    dataset_for(store, data_dir)  # fail here, with a clear message, before any worker starts
+
+    committed = store.committed()
+    others = store.claimed_by_others()
+    todo = [r for r in range(store.num_runs) if not committed[r] and r not in others]
+    report = TrainReport(skipped_claimed=sum(1 for r in others if not committed[r]))
+    if max_runs is not None:
+        todo = todo[:max_runs]
+    if not todo:
+        report.remaining = int((~committed).sum())
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    plans = plans_from_columns(store.meta["runs"])
+    from .train.engine import resolve_strategy
+
+    import torch
+
+    form = resolve_strategy(recipe, torch.device("cuda" if device.startswith("cuda") else "cpu"), strategy)
+    size = group_size or min(default_group_size(form, device), max(1, math.ceil(len(todo) / workers)))
+    pending = deque(make_groups(recipe, plans, todo, size))
+    in_flight: dict[Future, list[int]] = {}
+    claimed: set[int] = set()
+    bar = tqdm(total=len(todo), unit="run", desc="train", disable=not progress, smoothing=0.1)
+    pool = make_executor(executor, workers, device)
+    try:
+        while pending or in_flight:
+            while pending and len(in_flight) < 2 * pool.slots:
+                group = [r for r in pending.popleft() if store.try_claim(r)]
+                claimed.update(group)
+                if group:
+                    order = WorkOrder(str(store.path), group, device, data_dir, strategy, log_epochs)
+                    in_flight[pool.submit(order)] = group
+            if not in_flight:
+                break
+            done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
+            for fut in done:
+                group = in_flight.pop(fut)
+                try:
+                    result = fut.result()
+                except Exception as exc:  # noqa: BLE001 - a failing group must not stop the others
+                    message = f"{type(exc).__name__}: {exc}"
+                    for r in group:
+                        store.record_failure(r, message)
+                        report.failed[r] = message
+                else:
+                    report.trained += sum(1 for s in result.status.values() if s == "ok")
+                    report.diverged += sum(1 for s in result.status.values() if s == "diverged")
+                for r in group:
+                    store.release(r)
+                    claimed.discard(r)
+                bar.update(len(group))
+        pool.close()
+    except KeyboardInterrupt:
+        report.interrupted = True
+        pool.close(cancel=True)
+        raise
+    finally:
+        bar.close()
+        for r in claimed:
+            store.release(r)
+        report.remaining = int((~store.committed()).sum())
+        report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def status(path: str | os.PathLike) -> dict:
+    """Counts of planned / committed / ok / diverged / failed / pending / running runs and the
+    accuracy so far (mean and standard deviation over ok runs)."""
+    pop = Population(Store.open(path))
+    table = pop.runs
+    ok = table[table.status == "ok"]
+    committed = int(pop.committed.sum())
+    running = len(pop.store.claimed_by_others())
+    out = {
+        "path": str(pop.path),
+        "name": pop.recipe.name,
+        "dataset": pop.recipe.data.dataset,
+        "planned": pop.num_runs,
+        "committed": committed,
+        "ok": int(len(ok)),
+        "diverged": int((table.status == "diverged").sum()),
+        "failed": int((table.status == "failed").sum()),
+        "pending": pop.num_runs - committed,
+        "running": running,
+    }
+    for col in ("train_acc", "test_acc", "heldout_acc"):
+        values = ok[col].to_numpy(dtype=float)
+        values = values[np.isfinite(values)]
+        out[f"mean_{col}"] = float(values.mean()) if values.size else None
+        out[f"std_{col}"] = float(values.std(ddof=1)) if values.size > 1 else None
+    out["failures"] = {str(k): v for k, v in pop.store.failures().items() if not pop.committed[k]}
+    return out
+
+
+__all__ = ["TrainReport", "plan", "status", "train", "StoreNotFoundError", "check_fingerprint", "data_root_for"]

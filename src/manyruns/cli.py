@@ -1,0 +1,161 @@
+"""The ``manyruns`` command line: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import api
+from .data import DatasetMismatchError, DatasetNotFoundError
+from .recipe import RecipeError
+from .store import StoreError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Train populations of neural networks and compute statistics over them.",
+)
+
+EXAMPLES = Path(__file__).parent / "examples"
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def handle_errors(fn):
+    """Turn the API's expected errors into one-line messages and exit codes (2: bad input)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except RecipeError as exc:
+            _fail(str(exc), 2)
+        except (DatasetNotFoundError, DatasetMismatchError, StoreError, ValueError) as exc:
+            _fail(str(exc), 1)
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130)
+
+    return wrapper
+
+
+def _print_json(obj) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=float))
+
+
+@app.command()
+@handle_errors
+def plan(
+    recipe: Path = typer.Argument(..., help="Recipe TOML file."),
+    store: Path = typer.Argument(..., help="Directory of the population store to create (or grow)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Data root (default: $MANYRUNS_DATA)."),
+):
+    """Create a store for a recipe (or grow it when only population.runs increased)."""
+    existed = (store / "zarr.json").is_file()
+    before = api.Store.open(store).num_runs if existed else 0
+    pop = api.plan(recipe, store, data_dir)
+    if not existed:
+        typer.echo(f"planned {pop.num_runs} runs of {pop.recipe.name!r} in {store}")
+    elif pop.num_runs > before:
+        typer.echo(f"grew {store} from {before} to {pop.num_runs} runs")
+    else:
+        typer.echo(f"{store} already holds this recipe ({pop.num_runs} runs); nothing changed")
+
+
+@app.command()
+@handle_errors
+def train(
+    store: Path = typer.Argument(..., help="Population store."),
+    workers: Optional[int] = typer.Option(None, help="Worker processes (default: one per core, or per GPU)."),
+    device: str = typer.Option("auto", help="cpu, cuda or auto."),
+    max_runs: Optional[int] = typer.Option(None, "--max-runs", help="Train at most this many runs now."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Data root (default: $MANYRUNS_DATA, then the one used by plan)."),
+    executor: str = typer.Option("local", help="local (process pool) or serial (in-process)."),
+    strategy: str = typer.Option("auto", help="Population form: auto, stacked (MLP), loop or vmap."),
+    group_size: Optional[int] = typer.Option(None, "--group-size", help="Runs per group (default depends on the form)."),
+    log_epochs: bool = typer.Option(False, "--log-epochs", help="Print train/test accuracy and loss after every epoch of every run."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Train every run that is not committed yet (resumable; Ctrl-C keeps committed runs)."""
+    try:
+        report = api.train(store, workers, device, max_runs, data_dir, executor, strategy, group_size, not quiet, log_epochs)
+    except KeyboardInterrupt:
+        left = api.status(store)
+        typer.echo(f"interrupted: {left['committed']} of {left['planned']} runs committed; `manyruns train {store}` resumes", err=True)
+        raise typer.Exit(130)
+    done = report.trained + report.diverged
+    line = f"trained {done} runs ({report.diverged} diverged, {len(report.failed)} failed) in {report.seconds:.1f} s"
+    if done:
+        line += f", {report.runs_per_hour:,.0f} runs/h"
+    line += f"; {report.remaining} not committed"
+    if report.skipped_claimed:
+        line += f" ({report.skipped_claimed} being trained by another process)"
+    typer.echo(line)
+    if report.failed:
+        first = next(iter(report.failed.items()))
+        _fail(f"{len(report.failed)} runs failed (run {first[0]}: {first[1]}); `manyruns train {store}` retries them", 1)
+
+
+@app.command()
+@handle_errors
+def status(
+    store: Path = typer.Argument(..., help="Population store."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON object."),
+):
+    """Runs planned, committed, failed and the accuracy so far."""
+    info = api.status(store)
+    if as_json:
+        _print_json(info)
+        return
+    typer.echo(f"{info['path']}: {info['name']} on {info['dataset']}")
+    typer.echo(
+        f"  runs: {info['planned']} planned, {info['committed']} committed ({info['ok']} ok, {info['diverged']} diverged), "
+        f"{info['failed']} failed, {info['pending']} not committed, {info['running']} being trained"
+    )
+    for col, label in (("test_acc", "test accuracy"), ("train_acc", "train accuracy"), ("heldout_acc", "held-out accuracy")):
+        mean, std = info[f"mean_{col}"], info[f"std_{col}"]
+        if mean is not None:
+            typer.echo(f"  {label}: {100 * mean:.2f}%" + (f" +- {100 * std:.2f}" if std is not None else "") + " (mean +- std over ok runs)")
+    for r, err in list(info["failures"].items())[:5]:
+        typer.echo(f"  run {r} failed: {err}")
+
+
+@app.command()
+@handle_errors
+def demo(
+    out: Path = typer.Option(Path("manyruns-demo"), "--out", help="Store directory for the demo population."),
+    workers: Optional[int] = typer.Option(None, help="Worker processes (default: one per core)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+):
+    """Plan and train the demo population on the bundled digits data and summarize it."""
+    from .demo import run_demo
+
+    summary = run_demo(out, workers, progress=not as_json)
+    if as_json:
+        _print_json(summary)
+        return
+    typer.echo(f"\nmanyruns demo: {summary['runs']} runs of an MLP on digits (50% random subsets) in {out}")
+    typer.echo(f"  single-run test accuracy: {100 * summary['mean_accuracy']:.2f}% +- {100 * summary['std_accuracy']:.2f} (mean +- std)")
+    typer.echo(f"  ensemble test accuracy:   {100 * summary['ensemble_accuracy']:.2f}% (averaged logits of all runs)")
+    typer.echo(f"  wall time: {summary['seconds']:.1f} s")
+    typer.echo(f"next: `manyruns status {out}`, or in Python `manyruns.open({str(out)!r}).runs`")
+
+
+def main() -> None:
+    try:
+        app()
+    except BrokenPipeError:  # e.g. `manyruns status --json | head`
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

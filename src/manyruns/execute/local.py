@@ -1,0 +1,63 @@
+"""Local process pool: the default executor.
+
+On CPU each worker process gets ``cores // workers`` intra-op threads (one by default: one
+process per core trains independent runs without thread synchronization, and single-threaded
+kernels make results bitwise independent of group composition). On CUDA each worker owns one
+device, ``cuda:0``, ``cuda:1``, ...
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+from concurrent.futures import Future, ProcessPoolExecutor
+
+import torch
+
+from ..train.worker import WorkOrder, WorkReport, run_work
+from .base import Executor
+
+_WORKER_DEVICE: str | None = None
+
+
+def _init_worker(threads: int, devices) -> None:
+    global _WORKER_DEVICE
+    # Ctrl-C goes to the whole process group: let the parent decide, workers are terminated.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(threads)
+    if devices is not None:
+        _WORKER_DEVICE = devices.get()
+
+
+def _run(order: WorkOrder) -> WorkReport:
+    if _WORKER_DEVICE is not None and order.device.startswith("cuda"):
+        order.device = _WORKER_DEVICE
+    return run_work(order)
+
+
+class LocalExecutor(Executor):
+    def __init__(self, workers: int, threads: int = 1, cuda_devices: int = 0):
+        ctx = mp.get_context("spawn")
+        devices = None
+        if cuda_devices:
+            devices = ctx.Queue()
+            for w in range(workers):
+                devices.put(f"cuda:{w % cuda_devices}")
+        self.slots = workers
+        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(threads, devices))
+
+    def submit(self, order: WorkOrder) -> "Future[WorkReport]":
+        return self._pool.submit(_run, order)
+
+    def close(self, cancel: bool = False) -> None:
+        if cancel:
+            processes = list(getattr(self._pool, "_processes", {}).values())
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            for p in processes:
+                if p.is_alive():
+                    os.kill(p.pid, signal.SIGTERM)
+            for p in processes:
+                p.join(timeout=10)
+        else:
+            self._pool.shutdown(wait=True)

@@ -1,0 +1,203 @@
+"""Population forms: G networks trained as one module that maps ``(G, B, ...)`` to ``(G, B, C)``.
+
+Three forms, all built from G canonical single networks (so initialization is identical):
+
+* :class:`StackedMLP` keeps each layer's weights as one ``(G, in, out)`` tensor and runs every
+  layer as one batched matrix product (``baddbmm``). Measured on 2-core CPUs it is 2.5-3x
+  faster than a loop over models; it is the default for MLPs on every device.
+* :class:`LoopPopulation` holds the G modules and runs them one after another. It is the
+  default for convolutional networks on CPU, where batched forms measured slower.
+* :class:`VmapPopulation` vectorizes any network without batch norm or dropout with
+  ``torch.func.vmap`` (the default for the small CNN on CUDA).
+
+Each run's computations touch only its own slice, so a run's trajectory does not depend on the
+other runs in its group: with one intra-op thread the results are bitwise the same for any G.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .architectures import MLP
+from .layers import SeededDropout, activation
+
+STRATEGIES = ("auto", "stacked", "loop", "vmap")
+
+
+class PopulationModule(nn.Module):
+    """Interface shared by the population forms."""
+
+    size: int
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (G, B, ...) -> (G, B, C)
+        raise NotImplementedError
+
+    def forward_shared(self, x: torch.Tensor) -> torch.Tensor:
+        """The same inputs ``(B, ...)`` through every network: ``(G, B, C)``."""
+        return self.forward(x.unsqueeze(0).expand(self.size, *x.shape))
+
+    def features_shared(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate-layer features ``(G, B, F)`` of shared inputs ``(B, ...)``."""
+        raise NotImplementedError
+
+    def set_dropout_generators(self, generators: list[torch.Generator]) -> None:
+        raise NotImplementedError
+
+    def run_parameters(self) -> list[dict[str, torch.Tensor]]:
+        """Per run, its parameters by canonical name and in canonical layout (views or copies)."""
+        raise NotImplementedError
+
+    def flat_weights(self) -> torch.Tensor:
+        """``(G, P) float32``: each run's parameters flattened in canonical order."""
+        return torch.stack([torch.cat([p.detach().reshape(-1).float() for p in d.values()]) for d in self.run_parameters()])
+
+
+class LoopPopulation(PopulationModule):
+    def __init__(self, models: list[nn.Module]):
+        super().__init__()
+        self.models = nn.ModuleList(models)
+        self.size = len(models)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x[g]) for g, m in enumerate(self.models)])
+
+    def forward_shared(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.models])
+
+    def features_shared(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m.features(x) for m in self.models])
+
+    def set_dropout_generators(self, generators: list[torch.Generator]) -> None:
+        for m, gen in zip(self.models, generators):
+            for d in m.modules():
+                if isinstance(d, SeededDropout):
+                    d.generator = gen
+
+    def run_parameters(self) -> list[dict[str, torch.Tensor]]:
+        return [dict(m.named_parameters()) for m in self.models]
+
+
+class StackedMLP(PopulationModule):
+    """G MLPs as batched matrix products. ``precision='bfloat16'`` runs the products in
+    bfloat16 (float32 master weights and accumulation of the loss)."""
+
+    def __init__(self, models: list[MLP], precision: str = "float32"):
+        super().__init__()
+        first = models[0]
+        self.size = len(models)
+        self.act = activation(first.activation_name)
+        self.dropout = first.drops[0].p if len(first.drops) else 0.0
+        layers = [*range(len(first.hidden))]
+        # weights stored (G, in, out) so that h @ W needs no transpose in the hot loop
+        self.weights = nn.ParameterList(
+            [nn.Parameter(torch.stack([m.hidden[i].weight.detach().t() for m in models]).contiguous()) for i in layers]
+            + [nn.Parameter(torch.stack([m.out.weight.detach().t() for m in models]).contiguous())]
+        )
+        self.biases = nn.ParameterList(
+            [nn.Parameter(torch.stack([m.hidden[i].bias.detach() for m in models]).unsqueeze(1).contiguous()) for i in layers]
+            + [nn.Parameter(torch.stack([m.out.bias.detach() for m in models]).unsqueeze(1).contiguous())]
+        )
+        self._names = [f"hidden.{i}" for i in layers] + ["out"]
+        self.compute_dtype = torch.bfloat16 if precision == "bfloat16" else None
+        self.generators: list[torch.Generator | None] = [None] * self.size
+
+    def _dropout(self, h: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.dropout == 0.0:
+            return h
+        keep = torch.stack([
+            torch.rand(h.shape[1:], generator=gen, device=h.device, dtype=h.dtype) >= self.dropout for gen in self.generators
+        ])
+        return h * keep / (1.0 - self.dropout)
+
+    def _layer(self, h: torch.Tensor, i: int) -> torch.Tensor:
+        w, b = self.weights[i], self.biases[i]
+        if self.compute_dtype is not None:
+            return torch.baddbmm(b.to(self.compute_dtype), h.to(self.compute_dtype), w.to(self.compute_dtype)).float()
+        return torch.baddbmm(b, h, w)
+
+    def _hidden(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.flatten(2)
+        for i in range(len(self.weights) - 1):
+            h = self._dropout(self.act(self._layer(h, i)))
+        return h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._layer(self._hidden(x), len(self.weights) - 1)
+
+    def features_shared(self, x: torch.Tensor) -> torch.Tensor:
+        return self._hidden(x.unsqueeze(0).expand(self.size, *x.shape))
+
+    def set_dropout_generators(self, generators: list[torch.Generator]) -> None:
+        self.generators = list(generators)
+
+    def run_parameters(self) -> list[dict[str, torch.Tensor]]:
+        out = []
+        for g in range(self.size):
+            d = {}
+            for name, w, b in zip(self._names, self.weights, self.biases):
+                d[f"{name}.weight"] = w[g].t()
+                d[f"{name}.bias"] = b[g, 0]
+            out.append(d)
+        return out
+
+
+class VmapPopulation(PopulationModule):
+    """Any network without batch norm or dropout, vectorized over runs with ``torch.func``."""
+
+    def __init__(self, models: list[nn.Module]):
+        super().__init__()
+        from torch.func import stack_module_state
+
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in models[0].modules()):
+            raise ValueError("the vmap population form does not support batch norm; use strategy 'loop'")
+        if any(isinstance(m, SeededDropout) and m.p > 0 for m in models[0].modules()):
+            raise ValueError("the vmap population form cannot give each run its own dropout masks; use strategy 'loop'")
+        params, _ = stack_module_state(models)
+        self._keys = list(params)
+        self.stacked = nn.ParameterList([nn.Parameter(params[k].detach().clone()) for k in self._keys])
+        # a copy without real storage, called functionally with each run's parameters
+        self._template = [copy.deepcopy(models[0]).to("meta")]
+        self.size = len(models)
+
+    def _vmapped(self, x: torch.Tensor, in_dims) -> torch.Tensor:
+        from torch.func import functional_call, vmap
+
+        template = self._template[0]
+        params = dict(zip(self._keys, self.stacked))
+        return vmap(lambda p, xi: functional_call(template, p, (xi,)), in_dims=(0, in_dims))(params, x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._vmapped(x, 0)
+
+    def forward_shared(self, x: torch.Tensor) -> torch.Tensor:
+        return self._vmapped(x, None)
+
+    def set_dropout_generators(self, generators: list[torch.Generator]) -> None:
+        return None
+
+    def run_parameters(self) -> list[dict[str, torch.Tensor]]:
+        return [{k: p[g] for k, p in zip(self._keys, self.stacked)} for g in range(self.size)]
+
+
+def choose_strategy(model_kind: str, device: torch.device, has_dropout: bool) -> str:
+    """The population form to use when the caller says 'auto' (see module docstring)."""
+    if model_kind == "mlp":
+        return "stacked"
+    if model_kind == "small-cnn" and device.type == "cuda" and not has_dropout:
+        return "vmap"
+    return "loop"
+
+
+def make_population(models: list[nn.Module], strategy: str, precision: str = "float32") -> PopulationModule:
+    if strategy == "stacked":
+        if not all(isinstance(m, MLP) for m in models):
+            raise ValueError("the stacked population form is for MLPs only; use strategy 'loop' or 'vmap'")
+        return StackedMLP(models, precision)
+    if strategy == "loop":
+        return LoopPopulation(models)
+    if strategy == "vmap":
+        return VmapPopulation(models)
+    raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")

@@ -1,0 +1,162 @@
+"""Reading a population: ``manyruns.open(path)``.
+
+A :class:`Population` gives the recipe, a table of runs and the stored arrays, lazily: arrays
+are read block by block of runs, never all at once unless asked.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import zarr
+
+from .recipe import Recipe
+from .store import METRIC_COLUMNS, STATUS_NAMES, SUMMARY_COLUMNS, Store, StoreError
+
+
+class Population:
+    """All runs of one recipe and the store that holds them."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    @property
+    def path(self) -> Path:
+        return self.store.path
+
+    @property
+    def recipe(self) -> Recipe:
+        return self.store.recipe
+
+    @property
+    def recipe_text(self) -> str:
+        return self.store.recipe_text
+
+    @property
+    def num_runs(self) -> int:
+        return self.store.num_runs
+
+    @property
+    def fingerprint(self) -> dict:
+        return dict(self.store.fingerprint)
+
+    @property
+    def layout(self) -> dict:
+        """Shapes of the data and the flattened-weight layout (name, shape, start, end per tensor)."""
+        return dict(self.store.meta["layout"])
+
+    @property
+    def arrays(self) -> list[str]:
+        """Names of the per-run arrays this store records."""
+        return list(self.store.meta["arrays"])
+
+    @property
+    def classes(self) -> int:
+        return int(self.layout["num_classes"])
+
+    def array(self, name: str) -> zarr.Array:
+        """The zarr array ``name`` (lazy: nothing is read until indexed)."""
+        return self.store.array(name)
+
+    # -- runs ----------------------------------------------------------------------------
+
+    @property
+    def committed(self) -> np.ndarray:
+        """``(R,) bool``: runs whose results exist."""
+        return self.store.committed()
+
+    def run_indices(self, which: str = "ok") -> np.ndarray:
+        """Indices of runs: 'ok' (committed and not diverged), 'committed', or 'all'."""
+        codes = self.store.status_codes()
+        if which == "ok":
+            return np.flatnonzero(codes == 1)
+        if which == "committed":
+            return np.flatnonzero(self.committed)
+        if which == "all":
+            return np.arange(self.num_runs)
+        raise ValueError(f"which must be 'ok', 'committed' or 'all', got {which!r}")
+
+    @property
+    def runs(self) -> pd.DataFrame:
+        """One row per run: plan (seed, cell, subset, label_noise, inputs, sweep.*), status and
+        final metrics (NaN until the run is committed)."""
+        cols = self.store.meta["runs"]
+        table = pd.DataFrame(cols)
+        table.index.name = "run"
+        codes = self.store.status_codes()
+        status = np.array([STATUS_NAMES[int(c)] for c in codes], dtype=object)
+        failed = self.store.failures()
+        for r in failed:
+            if codes[r] == 0:
+                status[r] = "failed"
+        table["status"] = status
+        summary = self.store.summary()
+        for j, name in enumerate(SUMMARY_COLUMNS):
+            table[name] = summary[:, j]
+        return table
+
+    # -- arrays, block by block ------------------------------------------------------------
+
+    def _resolve_runs(self, runs) -> np.ndarray:
+        if runs is None or isinstance(runs, str):
+            return self.run_indices(runs or "ok")
+        idx = np.asarray(runs, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.num_runs):
+            raise IndexError(f"run indices must lie in 0..{self.num_runs - 1}")
+        not_committed = idx[~self.committed[idx]]
+        if not_committed.size:
+            raise StoreError(f"runs {not_committed[:10].tolist()} are not committed")
+        return idx
+
+    def blocks(self, name: str, runs=None, block_size: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(run_indices (b,), values (b, ...))`` for array ``name``, ``block_size`` runs at a time.
+
+        ``runs``: 'ok' (default), 'committed', 'all', or explicit indices (in the order given).
+        """
+        arr = self.array(name)
+        idx = self._resolve_runs(runs)
+        for start in range(0, idx.size, block_size):
+            block = idx[start : start + block_size]
+            if block.size and np.all(np.diff(block) == 1):
+                values = arr[int(block[0]) : int(block[-1]) + 1]
+            else:
+                values = arr.oindex[block]
+            yield block, np.asarray(values)
+
+    def load(self, name: str, runs=None) -> np.ndarray:
+        """Array ``name`` for ``runs`` as one numpy array (for small populations or few runs)."""
+        parts = [v for _, v in self.blocks(name, runs)]
+        if not parts:
+            shape = self.array(name).shape[1:]
+            return np.zeros((0, *shape), dtype=self.array(name).dtype)
+        return np.concatenate(parts)
+
+    def targets(self, split: str = "test") -> np.ndarray:
+        """The dataset's own labels for ``split`` ('train' or 'test'), ``(N,) int64``."""
+        return np.asarray(self.store.group[f"dataset/y_{split}"][:], dtype=np.int64)
+
+    def metrics(self, runs=None) -> np.ndarray:
+        """``(R', E, 4)``: per-epoch METRIC_COLUMNS of ``runs``."""
+        return self.load("metrics", runs)
+
+    metric_columns = METRIC_COLUMNS
+
+    # -- dataset -----------------------------------------------------------------------------
+
+    def dataset(self, data_dir: str | os.PathLike | None = None):
+        """The dataset this population trained on, checked against the store's fingerprint."""
+        from .train.worker import dataset_for
+
+        return dataset_for(self.store, None if data_dir is None else str(data_dir))
+
+    def __repr__(self) -> str:
+        return f"Population({str(self.path)!r}, runs={self.num_runs}, committed={int(self.committed.sum())})"
+
+
+def open(path: str | os.PathLike) -> Population:  # noqa: A001 - mirrors builtins.open on purpose
+    """Open the population store at ``path``."""
+    return Population(Store.open(path))

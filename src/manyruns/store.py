@@ -1,0 +1,377 @@
+"""The population store: a zarr (v3) group on disk, its layout and its commit protocol.
+
+Layout (``R`` runs, ``N`` training and ``T`` test examples, ``C`` classes, ``E`` epochs)::
+
+    zarr.json                 attributes: recipe, dataset fingerprint, version, weight layout, run plan
+    logits/train   (R, N, C) float16    final logits on every training example
+    logits/test    (R, T, C) float16
+    mask/train     (R, N)    bool       which training examples the run trained on
+    labels/train   (R, N)    int16      the labels the run saw (after label noise)
+    metrics        (R, E, 4) float32    per epoch: train_loss, train_acc, test_loss, test_acc
+    weights/epoch_<e> (R, P) float32    flattened parameters after epoch e (0: initialization)
+    trueprob/train (R, E, N) float16    per-epoch probability of the run's label (NaN: not trained on)
+    summary        (R, 6)    float32    train_acc, heldout_acc, test_acc, train_loss, test_loss, seconds
+    status         (R,)      int8       1 ok, 2 diverged
+    dataset/y_train (N,), dataset/y_test (T,) int16  the dataset's own labels (written once, by plan)
+    committed      (R,)      bool       the commit marker
+    analysis/<name>/...                 results of analyses, with their parameters as attributes
+    claims/<r>, failures/<r>.json       plain files: who is training run r, why run r last failed
+
+Every per-run array is chunked one run per chunk along ``R`` and unsharded, so concurrent
+workers never touch the same chunk file. A worker writes all chunks of a run and then its
+``committed`` chunk; chunk writes are atomic (temporary file, then rename). A run whose marker
+is not set does not exist for readers and is trained again by the next ``train``. Only the
+planner creates or resizes arrays.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from . import __version__
+from .recipe import Recipe
+
+FORMAT_VERSION = 1
+METRIC_COLUMNS = ("train_loss", "train_acc", "test_loss", "test_acc")
+SUMMARY_COLUMNS = ("train_acc", "heldout_acc", "test_acc", "train_loss", "test_loss", "seconds")
+STATUS_NAMES = {0: "pending", 1: "ok", 2: "diverged"}
+STATUS_CODES = {v: k for k, v in STATUS_NAMES.items()}
+
+
+class StoreError(RuntimeError):
+    """A store cannot be created, opened or changed as asked."""
+
+
+class StoreNotFoundError(StoreError, FileNotFoundError):
+    pass
+
+
+@dataclass
+class RunRecord:
+    """Everything one run writes. Arrays are numpy, shapes per run (no leading ``R``)."""
+
+    index: int
+    status: str
+    mask: np.ndarray  # (N,) bool
+    labels: np.ndarray  # (N,) int
+    summary: np.ndarray  # (6,) float32, SUMMARY_COLUMNS
+    metrics: np.ndarray | None = None  # (E, 4) float32
+    logits_train: np.ndarray | None = None  # (N, C)
+    logits_test: np.ndarray | None = None  # (T, C)
+    weights: dict[int, np.ndarray] | None = None  # epoch -> (P,)
+    true_prob: np.ndarray | None = None  # (E, N)
+
+
+def array_specs(recipe: Recipe, n_train: int, n_test: int, num_classes: int, num_params: int) -> dict[str, tuple[tuple[int, ...], str, Any]]:
+    """Per-run shape, dtype and fill value of every array the recipe records."""
+    E = recipe.training.epochs
+    specs: dict[str, tuple[tuple[int, ...], str, Any]] = {
+        "mask/train": ((n_train,), "bool", False),
+        "labels/train": ((n_train,), "int16", -1),
+        "summary": ((len(SUMMARY_COLUMNS),), "float32", np.nan),
+        "status": ((), "int8", 0),
+        "committed": ((), "bool", False),
+    }
+    if recipe.record.metrics:
+        specs["metrics"] = ((E, len(METRIC_COLUMNS)), "float32", np.nan)
+    for split in recipe.record.logits:
+        n = n_train if split == "train" else n_test
+        specs[f"logits/{split}"] = ((n, num_classes), "float16", np.nan)
+    for e in sorted(set(recipe.record.weights)):
+        specs[f"weights/epoch_{e}"] = ((num_params,), "float32", np.nan)
+    if recipe.record.true_prob:
+        specs["trueprob/train"] = ((E, n_train), "float16", np.nan)
+    return specs
+
+
+def recipe_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted paths (with both values) where two recipe dicts differ."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        path = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += recipe_differences(a, b, path + ".")
+        elif a != b:
+            out.append(f"{path} (store: {a!r}, recipe: {b!r})")
+    return out
+
+
+class Store:
+    """A population store on a local path. Use :func:`create` or :meth:`open`."""
+
+    def __init__(self, path: Path, group: zarr.Group):
+        self.path = path
+        self.group = group
+        self._arrays: dict[str, zarr.Array] = {}
+
+    # -- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, mode: str = "r+") -> "Store":
+        path = Path(path)
+        if not (path / "zarr.json").is_file():
+            hint = " (it does not exist)" if not path.exists() else " (it holds no manyruns store)"
+            raise StoreNotFoundError(f"no population store at {path}{hint}; create one with `manyruns plan RECIPE {path}`")
+        group = zarr.open_group(str(path), mode=mode, zarr_format=3)
+        if "manyruns" not in group.attrs:
+            raise StoreNotFoundError(f"{path} is a zarr group but not a manyruns store")
+        store = cls(path, group)
+        fmt = store.meta.get("format")
+        if fmt != FORMAT_VERSION:
+            raise StoreError(f"{path}: store format {fmt} is not supported by this manyruns (format {FORMAT_VERSION})")
+        return store
+
+    @property
+    def meta(self) -> dict:
+        return self.group.attrs["manyruns"]
+
+    def _set_meta(self, meta: dict) -> None:
+        self.group.attrs["manyruns"] = meta
+
+    @property
+    def recipe(self) -> Recipe:
+        return Recipe.from_dict(self.meta["recipe"])
+
+    @property
+    def recipe_text(self) -> str:
+        return self.meta["recipe_text"]
+
+    @property
+    def num_runs(self) -> int:
+        return int(self.meta["recipe"]["population"]["runs"])
+
+    @property
+    def fingerprint(self) -> dict:
+        return self.meta["dataset"]
+
+    def array(self, name: str) -> zarr.Array:
+        if name not in self._arrays:
+            try:
+                self._arrays[name] = self.group[name]
+            except KeyError:
+                raise StoreError(f"{self.path}: this store records no '{name}' (see the recipe's [record] section)") from None
+        return self._arrays[name]
+
+    def has(self, name: str) -> bool:
+        return name in self.meta["arrays"]
+
+    # -- reading state -----------------------------------------------------------------------
+
+    def committed(self) -> np.ndarray:
+        """``(R,) bool``: the commit markers."""
+        return np.asarray(self.array("committed")[:], dtype=bool)
+
+    def status_codes(self) -> np.ndarray:
+        """``(R,) int8``: 0 pending, 1 ok, 2 diverged (meaningful where committed)."""
+        return np.where(self.committed(), self.array("status")[:], 0).astype(np.int8)
+
+    def summary(self) -> np.ndarray:
+        """``(R, 6) float32`` (SUMMARY_COLUMNS); NaN rows for runs not committed."""
+        s = np.asarray(self.array("summary")[:], dtype=np.float32)
+        s[~self.committed()] = np.nan
+        return s
+
+    # -- writing a run ------------------------------------------------------------------------
+
+    def write_run(self, rec: RunRecord) -> None:
+        """Write every array of one run, then its commit marker (last)."""
+        r = rec.index
+        if not 0 <= r < self.num_runs:
+            raise StoreError(f"run {r} is outside this store's {self.num_runs} runs")
+        arrays = self.meta["arrays"]
+        self.array("mask/train")[r] = rec.mask
+        self.array("labels/train")[r] = rec.labels.astype(np.int16)
+        self.array("summary")[r] = rec.summary.astype(np.float32)
+        if "metrics" in arrays and rec.metrics is not None:
+            self.array("metrics")[r] = rec.metrics.astype(np.float32)
+        if "logits/train" in arrays:
+            self.array("logits/train")[r] = rec.logits_train.astype(np.float16)
+        if "logits/test" in arrays:
+            self.array("logits/test")[r] = rec.logits_test.astype(np.float16)
+        for name in arrays:
+            if name.startswith("weights/epoch_"):
+                epoch = int(name.rsplit("_", 1)[1])
+                self.array(name)[r] = rec.weights[epoch].astype(np.float32)
+        if "trueprob/train" in arrays:
+            self.array("trueprob/train")[r] = rec.true_prob.astype(np.float16)
+        self.array("status")[r] = STATUS_CODES[rec.status]
+        self.array("committed")[r] = True
+        self.clear_failure(r)
+
+    def uncommit(self, runs: list[int] | np.ndarray) -> None:
+        """Remove the commit markers of ``runs`` so that the next ``train`` redoes them."""
+        marker = self.array("committed")
+        for r in runs:
+            marker[int(r)] = False
+
+    # -- claims: which process is training which run ------------------------------------------------
+
+    def _claim_path(self, r: int) -> Path:
+        return self.path / "claims" / f"{r:08d}"
+
+    def try_claim(self, r: int, stale_after: float = 7 * 24 * 3600) -> bool:
+        """Atomically claim run ``r`` for this process; False if a live process holds it."""
+        path = self._claim_path(r)
+        path.parent.mkdir(exist_ok=True)
+        body = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}).encode()
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if not self._claim_is_stale(path, stale_after):
+                    return False
+                path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "wb") as f:
+                f.write(body)
+            return True
+        return False
+
+    @staticmethod
+    def _claim_is_stale(path: Path, stale_after: float) -> bool:
+        try:
+            info = json.loads(path.read_text() or "{}")
+        except (OSError, json.JSONDecodeError):
+            # a claim being written right now, or a torn one: stale only once old enough
+            try:
+                return time.time() - path.stat().st_mtime > 60
+            except OSError:
+                return True
+        if info.get("host") == socket.gethostname():
+            return not _pid_alive(int(info.get("pid", -1)))
+        return time.time() - float(info.get("time", 0)) > stale_after
+
+    def release(self, r: int) -> None:
+        path = self._claim_path(r)
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return
+        if info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
+            path.unlink(missing_ok=True)
+
+    def claimed_by_others(self) -> set[int]:
+        folder = self.path / "claims"
+        if not folder.is_dir():
+            return set()
+        out = set()
+        for path in folder.iterdir():
+            if path.name.isdigit() and not self._claim_is_stale(path, 7 * 24 * 3600):
+                try:
+                    info = json.loads(path.read_text())
+                except (OSError, json.JSONDecodeError):
+                    continue
+                if not (info.get("pid") == os.getpid() and info.get("host") == socket.gethostname()):
+                    out.add(int(path.name))
+        return out
+
+    # -- failures ---------------------------------------------------------------------------
+
+    def record_failure(self, r: int, message: str) -> None:
+        folder = self.path / "failures"
+        folder.mkdir(exist_ok=True)
+        tmp = folder / f"{r:08d}.json.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps({"run": r, "error": message, "time": time.time()}))
+        tmp.replace(folder / f"{r:08d}.json")
+
+    def clear_failure(self, r: int) -> None:
+        (self.path / "failures" / f"{r:08d}.json").unlink(missing_ok=True)
+
+    def failures(self) -> dict[int, str]:
+        folder = self.path / "failures"
+        if not folder.is_dir():
+            return {}
+        out = {}
+        for path in sorted(folder.glob("*.json")):
+            try:
+                info = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            out[int(info["run"])] = info["error"]
+        return out
+
+    # -- analysis results ----------------------------------------------------------------------
+
+    def analysis_group(self, name: str, params: dict, overwrite: bool = True) -> zarr.Group:
+        """A fresh ``analysis/<name>`` group whose attributes hold ``params``."""
+        path = f"analysis/{name}"
+        if path in self.group and overwrite:
+            del self.group[path]
+        g = self.group.require_group(path)
+        g.attrs["params"] = params
+        g.attrs["created"] = time.time()
+        return g
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def create(
+    path: str | os.PathLike,
+    recipe: Recipe,
+    recipe_text: str,
+    fingerprint: dict,
+    layout: dict,
+    plan_columns: dict[str, list],
+    targets: tuple[np.ndarray, np.ndarray],
+    data_dir: str | None = None,
+) -> Store:
+    """Create a new store sized for ``recipe.population.runs`` runs.
+
+    ``layout``: ``{"n_train", "n_test", "num_classes", "input_shape", "num_params", "params"}``
+    where ``params`` is the flattened-weight layout (name, shape, start, end per tensor).
+    ``targets``: the dataset's train and test labels, ``(N,)`` and ``(T,)``.
+    """
+    path = Path(path)
+    if path.exists() and any(path.iterdir()):
+        raise StoreError(f"{path} exists and is not empty")
+    R = recipe.population.runs
+    specs = array_specs(recipe, layout["n_train"], layout["n_test"], layout["num_classes"], layout["num_params"])
+    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    for name, (shape, dtype, fill) in specs.items():
+        group.create_array(name, shape=(R, *shape), chunks=(1, *shape), dtype=dtype, fill_value=fill)
+    for split, y in zip(("train", "test"), targets):
+        group.create_array(f"dataset/y_{split}", data=np.asarray(y, dtype=np.int16))
+    group.attrs["manyruns"] = {
+        "format": FORMAT_VERSION,
+        "version": __version__,
+        "created": time.time(),
+        "recipe_text": recipe_text,
+        "recipe": recipe.to_dict(),
+        "dataset": fingerprint,
+        "data_dir": data_dir,
+        "layout": layout,
+        "arrays": sorted(specs),
+        "runs": plan_columns,
+    }
+    return Store(path, group)
+
+
+def grow(store: Store, recipe: Recipe, recipe_text: str, plan_columns: dict[str, list]) -> None:
+    """Resize every per-run array to ``recipe.population.runs`` and record the extended plan."""
+    R = recipe.population.runs
+    for name in store.meta["arrays"]:
+        arr = store.array(name)
+        arr.resize((R, *arr.shape[1:]))
+    meta = dict(store.meta)
+    meta.update(recipe_text=recipe_text, recipe=recipe.to_dict(), runs=plan_columns)
+    store._set_meta(meta)

@@ -1,0 +1,200 @@
+"""The training engine: trains a group of runs of one recipe together on one device.
+
+Read it top to bottom: build each run's network from its own init seed, wrap the group in a
+population form, then for every epoch draw each run's data order (and augmentation) from its
+own stream, gather batches by index from tensors already on the device, step, and keep what
+the recipe records. Everything a run computes touches only its own slice of the group.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..models.architectures import create_model
+from ..models.population import PopulationModule, choose_strategy, make_population
+from ..plan import RunSeeds
+from ..recipe import Recipe
+from ..seeding import generator
+from ..store import METRIC_COLUMNS, RunRecord
+from .data import DeviceData, augment
+from .optim import lr_at, make_optimizer
+
+EVAL_BATCH = 1000
+
+EpochCallback = Callable[[int, list[int], np.ndarray], None]
+"""``on_epoch(epoch, run_indices, metrics)`` with ``metrics (G, 4)``: METRIC_COLUMNS."""
+
+
+@dataclass
+class RunJob:
+    """One run as the engine sees it: the examples it trains on, its labels, its seeds."""
+
+    index: int
+    mask: np.ndarray  # (N_train,) bool
+    labels: np.ndarray  # (N_train,) int64
+    seeds: RunSeeds
+
+
+@torch.no_grad()
+def predict_shared(pop: PopulationModule, x: torch.Tensor, batch: int = EVAL_BATCH) -> torch.Tensor:
+    """Logits ``(G, N, C)`` float32 of every network on the same inputs ``x (N, ...)``."""
+    pop.eval()
+    return torch.cat([pop.forward_shared(x[i : i + batch]).float() for i in range(0, x.shape[0], batch)], dim=1)
+
+
+@torch.no_grad()
+def predict_per_run(pop: PopulationModule, x: torch.Tensor, idx: torch.Tensor, batch: int = EVAL_BATCH) -> torch.Tensor:
+    """Logits ``(G, n, C)`` of network g on its own examples ``x[idx[g]]``; ``idx (G, n)``."""
+    pop.eval()
+    return torch.cat([pop(x[idx[:, i : i + batch]]).float() for i in range(0, idx.shape[1], batch)], dim=1)
+
+
+def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-network mean cross-entropy and accuracy: ``logits (G, n, C)``, ``labels (G, n)`` -> ``(G,), (G,)``."""
+    if logits.shape[1] == 0:
+        nan = torch.full(logits.shape[:1], float("nan"), device=logits.device)
+        return nan, nan
+    g, n, c = logits.shape
+    ce = F.cross_entropy(logits.reshape(g * n, c), labels.reshape(-1), reduction="none").view(g, n)
+    return ce.mean(1), (logits.argmax(-1) == labels).float().mean(1)
+
+
+def resolve_strategy(recipe: Recipe, device: torch.device, strategy: str) -> str:
+    if strategy != "auto":
+        return strategy
+    return choose_strategy(recipe.model.kind, device, recipe.model.dropout > 0)
+
+
+def train_group(
+    recipe: Recipe,
+    runs: list[RunJob],
+    data: DeviceData,
+    device: torch.device | str = "cpu",
+    strategy: str = "auto",
+    on_epoch: EpochCallback | None = None,
+) -> list[RunRecord]:
+    """Train ``runs`` (all with the same resolved recipe and subset size) and return their records."""
+    t0 = time.perf_counter()
+    device = torch.device(device)
+    G, E = len(runs), recipe.training.epochs
+    B, C = recipe.training.batch_size, data.num_classes
+    record = recipe.record
+    subset_sizes = {int(r.mask.sum()) for r in runs}
+    if len(subset_sizes) != 1:
+        raise ValueError(f"a group trains runs of one subset size, got sizes {sorted(subset_sizes)}")
+    n = subset_sizes.pop()
+
+    models = [create_model(recipe.model, data.input_shape, C, r.seeds.init).to(device) for r in runs]
+    strategy = resolve_strategy(recipe, device, strategy)
+    pop = make_population(models, strategy, recipe.training.precision).to(device)
+    pop.set_dropout_generators([torch.Generator(device=device).manual_seed(r.seeds.dropout) for r in runs])
+    opt = make_optimizer(pop.parameters(), recipe.optimizer)
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if recipe.training.precision == "bfloat16" and strategy != "stacked"
+        else nullcontext()
+    )
+
+    subsets = torch.stack([torch.from_numpy(np.flatnonzero(r.mask)) for r in runs]).to(device)  # (G, n)
+    labels = torch.stack([torch.from_numpy(np.asarray(r.labels, dtype=np.int64)) for r in runs]).to(device)  # (G, N)
+    order_rngs = [generator(r.seeds.order) for r in runs]
+    augment_rngs = [generator(r.seeds.augment) for r in runs]
+    flip, pad = recipe.data.augment.flip, recipe.data.augment.crop
+    steps_per_epoch = math.ceil(n / B)
+
+    metrics = torch.full((G, E, len(METRIC_COLUMNS)), float("nan"))
+    weights = {0: pop.flat_weights().cpu()} if 0 in record.weights else {}
+    true_prob = torch.full((G, E, labels.shape[1]), float("nan"), dtype=torch.float16, device=device) if record.true_prob else None
+    diverged = torch.zeros(G, dtype=torch.bool)
+    step = 0
+
+    for epoch in range(1, E + 1):
+        order = torch.stack([subsets[g][torch.from_numpy(rng.permutation(n)).to(device)] for g, rng in enumerate(order_rngs)])
+        flips = torch.stack([torch.from_numpy(rng.random(n) < 0.5) for rng in augment_rngs]).to(device) if flip else None
+        offsets = torch.stack([torch.from_numpy(rng.integers(0, 2 * pad + 1, (n, 2))) for rng in augment_rngs]).to(device) if pad else None
+        loss_sum = torch.zeros(G, dtype=torch.float64, device=device)
+        correct = torch.zeros(G, dtype=torch.float64, device=device)
+        pop.train()
+        for start in range(0, n, B):
+            idx = order[:, start : start + B]  # (G, b)
+            b = idx.shape[1]
+            x = data.x_train[idx]  # (G, b, C, H, W)
+            if flip or pad:
+                x = augment(
+                    x.flatten(0, 1),
+                    flips[:, start : start + B].flatten() if flip else None,
+                    offsets[:, start : start + B].flatten(0, 1) if pad else None,
+                    pad,
+                ).view(x.shape)
+            y = labels.gather(1, idx)
+            lr = lr_at(step, steps_per_epoch, E, recipe.optimizer.lr, recipe.schedule)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            with autocast:
+                out = pop(x).float()  # (G, b, C)
+            ce = F.cross_entropy(out.reshape(G * b, C), y.reshape(-1), reduction="none", label_smoothing=recipe.training.label_smoothing).view(G, b)
+            opt.zero_grad(set_to_none=True)
+            ce.mean(1).sum().backward()
+            opt.step()
+            step += 1
+            with torch.no_grad():
+                correct += (out.argmax(-1) == y).sum(1)
+                if recipe.training.label_smoothing:
+                    ce = F.cross_entropy(out.reshape(G * b, C), y.reshape(-1), reduction="none").view(G, b)
+                loss_sum += ce.sum(1)
+                if true_prob is not None:
+                    p = out.softmax(-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
+                    true_prob[:, epoch - 1].scatter_(1, idx, p.half())
+
+        train_loss, train_acc = loss_sum / n, correct / n
+        if record.train_metrics == "eval":
+            train_loss, train_acc = loss_and_accuracy(predict_per_run(pop, data.x_train, subsets), labels.gather(1, subsets))
+        if record.metrics or on_epoch is not None:
+            test_loss, test_acc = loss_and_accuracy(predict_shared(pop, data.x_test), data.y_test.expand(G, -1))
+            metrics[:, epoch - 1] = torch.stack([train_loss, train_acc, test_loss, test_acc], 1).float().cpu()
+        if epoch in record.weights:
+            weights[epoch] = pop.flat_weights().cpu()
+        diverged |= ~torch.isfinite(loss_sum).cpu()
+        if on_epoch is not None:
+            on_epoch(epoch, [r.index for r in runs], metrics[:, epoch - 1].numpy())
+        if diverged.all():
+            break
+
+    for e in record.weights:  # epochs never reached because every run diverged
+        weights.setdefault(e, torch.full_like(weights.get(0, pop.flat_weights().cpu()), float("nan")))
+    logits_train = predict_shared(pop, data.x_train)  # (G, N, C)
+    logits_test = predict_shared(pop, data.x_test)  # (G, T, C)
+    diverged |= ~torch.isfinite(logits_train).all(dim=(1, 2)).cpu() | ~torch.isfinite(logits_test).all(dim=(1, 2)).cpu()
+    seconds = (time.perf_counter() - t0) / G
+
+    records = []
+    for g, run in enumerate(runs):
+        mask = torch.from_numpy(run.mask).to(device)
+        own = labels[g]
+        tr_loss, tr_acc = loss_and_accuracy(logits_train[g : g + 1, mask], own[mask][None])
+        ho_loss, ho_acc = loss_and_accuracy(logits_train[g : g + 1, ~mask], own[~mask][None])
+        te_loss, te_acc = loss_and_accuracy(logits_test[g : g + 1], data.y_test[None])
+        summary = np.array([tr_acc.item(), ho_acc.item(), te_acc.item(), tr_loss.item(), te_loss.item(), seconds], dtype=np.float32)
+        records.append(
+            RunRecord(
+                index=run.index,
+                status="diverged" if diverged[g] else "ok",
+                mask=run.mask,
+                labels=np.asarray(run.labels),
+                summary=summary,
+                metrics=metrics[g].numpy(),
+                logits_train=logits_train[g].cpu().numpy().astype(np.float16),
+                logits_test=logits_test[g].cpu().numpy().astype(np.float16),
+                weights={e: w[g].numpy() for e, w in weights.items()},
+                true_prob=true_prob[g].cpu().numpy() if true_prob is not None else None,
+            )
+        )
+    return records

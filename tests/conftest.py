@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny recipes and stores on disk, trained for real."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# Single-threaded kernels: results then do not depend on how runs are grouped.
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+TINY_RECIPE = """
+name = "tiny"
+[data]
+dataset = "digits"
+normalize = "unit"
+[model]
+kind = "mlp"
+widths = [32]
+[optimizer]
+name = "sgd"
+lr = 0.1
+momentum = 0.9
+[training]
+epochs = 3
+batch_size = 64
+[population]
+runs = {runs}
+seed = 7
+subset = {subset}
+[record]
+logits = ["train", "test"]
+metrics = true
+weights = [0, 3]
+"""
+
+
+def tiny_recipe(runs: int = 6, subset: str = "0.5", extra: str = "") -> str:
+    return TINY_RECIPE.format(runs=runs, subset=subset) + extra
+
+
+@pytest.fixture
+def write_recipe(tmp_path):
+    def write(text: str, name: str = "recipe.toml") -> Path:
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return write
