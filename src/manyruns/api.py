@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 
 from . import store as store_mod
-from .data import check_fingerprint, load_dataset, resolve_data_root
-from .execute import available_cores, make_executor
-from .models.architectures import count_parameters, create_model, parameter_layout
+from .data import load_dataset, resolve_data_root
 from .plan import group_key, plan_runs, plans_from_columns, plans_to_columns, run_recipe
 from .population import Population
 from .recipe import Recipe, RecipeError
-from .store import Store, StoreError, StoreNotFoundError
-from .train.worker import WorkOrder, data_root_for, dataset_for
+from .store import Store, StoreError
+
+# torch is imported inside plan() and train() only, so that `status` and analyses of stored
+# results start quickly.
 
 
 def _as_recipe(recipe: Recipe | str | os.PathLike) -> tuple[Recipe, str]:
@@ -35,6 +35,8 @@ def _as_recipe(recipe: Recipe | str | os.PathLike) -> tuple[Recipe, str]:
 
 def _layout(recipe: Recipe, plans, dataset) -> dict:
     """Data shapes and the flattened-weight layout; every run must share the layout if weights are kept."""
+    from .models.architectures import count_parameters, create_model, parameter_layout
+
     specs = {}
     for p in plans:
         resolved = run_recipe(recipe, p).model
@@ -142,6 +144,11 @@ def resolve_device(device: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise ValueError(f"device must be cpu, cuda or auto, got {device!r}")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for but torch sees no CUDA device (use --device cpu or auto)")
     return device
 
 
@@ -164,6 +171,9 @@ def train(
     ``train`` process are left to it. A failing group is recorded and the others go on.
     """
     from tqdm import tqdm
+
+    from .execute import available_cores, make_executor
+    from .training.worker import WorkOrder, dataset_for
 
     t0 = time.perf_counter()
     store = Store.open(path)
@@ -188,7 +198,7 @@ def train(
         return report
 
     plans = plans_from_columns(store.meta["runs"])
-    from .train.engine import resolve_strategy
+    from .training.engine import resolve_strategy
 
     import torch
 
@@ -275,4 +285,4 @@ def status(path: str | os.PathLike) -> dict:
     return out
 
 
-__all__ = ["TrainReport", "plan", "status", "train", "StoreNotFoundError", "check_fingerprint", "data_root_for"]
+__all__ = ["TrainReport", "plan", "status", "train"]

@@ -149,7 +149,7 @@ class Population:
 
     def dataset(self, data_dir: str | os.PathLike | None = None):
         """The dataset this population trained on, checked against the store's fingerprint."""
-        from .train.worker import dataset_for
+        from .training.worker import dataset_for
 
         return dataset_for(self.store, None if data_dir is None else str(data_dir))
 

@@ -99,8 +99,8 @@ def check_fingerprint(expected: dict, dataset: Dataset, where: str) -> None:
     found = dataset.fingerprint()
     diffs = [k for k in expected if expected.get(k) != found.get(k)]
     if diffs:
-        detail = "; ".join(f"{k}: store has {expected.get(k)!r}, data has {found.get(k)!r}" for k in diffs if "sha" not in k)
-        hashes = [k for k in diffs if "sha" in k]
+        detail = "; ".join(f"{k}: store has {expected.get(k)!r}, data has {found.get(k)!r}" for k in diffs if not k.endswith("_sha256"))
+        hashes = [k for k in diffs if k.endswith("_sha256")]
         if hashes:
             detail = (detail + "; " if detail else "") + "different " + " and ".join(h.split("_")[0] for h in hashes)
         raise DatasetMismatchError(

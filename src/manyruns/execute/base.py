@@ -10,7 +10,7 @@ import os
 from abc import ABC, abstractmethod
 from concurrent.futures import Future
 
-from ..train.worker import WorkOrder, WorkReport
+from ..training.worker import WorkOrder, WorkReport
 
 
 def available_cores() -> int:

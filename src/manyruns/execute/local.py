@@ -15,8 +15,9 @@ from concurrent.futures import Future, ProcessPoolExecutor
 
 import torch
 
-from ..train.worker import WorkOrder, WorkReport, run_work
+from ..training.worker import WorkOrder, WorkReport, run_work
 from .base import Executor
+from .memory import keep_freed_memory
 
 _WORKER_DEVICE: str | None = None
 
@@ -26,6 +27,7 @@ def _init_worker(threads: int, devices) -> None:
     # Ctrl-C goes to the whole process group: let the parent decide, workers are terminated.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
+    keep_freed_memory()
     if devices is not None:
         _WORKER_DEVICE = devices.get()
 

@@ -6,7 +6,7 @@ from concurrent.futures import Future
 
 import torch
 
-from ..train.worker import WorkOrder, WorkReport, run_work
+from ..training.worker import WorkOrder, WorkReport, run_work
 from .base import Executor
 
 

@@ -108,6 +108,9 @@ def train_group(
     order_rngs = [generator(r.seeds.order) for r in runs]
     augment_rngs = [generator(r.seeds.augment) for r in runs]
     flip, pad = recipe.data.augment.flip, recipe.data.augment.crop
+    # the stacked bfloat16 form gathers batches straight from a bfloat16 copy of the inputs
+    low = recipe.training.precision == "bfloat16" and strategy == "stacked"
+    x_source = data.train_inputs(torch.bfloat16 if low else torch.float32)
     steps_per_epoch = math.ceil(n / B)
 
     metrics = torch.full((G, E, len(METRIC_COLUMNS)), float("nan"))
@@ -126,7 +129,7 @@ def train_group(
         for start in range(0, n, B):
             idx = order[:, start : start + B]  # (G, b)
             b = idx.shape[1]
-            x = data.x_train[idx]  # (G, b, C, H, W)
+            x = x_source[idx]  # (G, b, C, H, W)
             if flip or pad:
                 x = augment(
                     x.flatten(0, 1),
@@ -175,13 +178,18 @@ def train_group(
     diverged |= ~torch.isfinite(logits_train).all(dim=(1, 2)).cpu() | ~torch.isfinite(logits_test).all(dim=(1, 2)).cpu()
     seconds = (time.perf_counter() - t0) / G
 
+    # Accuracies from the float16 logits that the store keeps, so the runs table agrees with
+    # every analysis of the stored logits (rounding can flip near-ties).
+    stored_train, stored_test = logits_train.half().float(), logits_test.half().float()
     records = []
     for g, run in enumerate(runs):
         mask = torch.from_numpy(run.mask).to(device)
         own = labels[g]
-        tr_loss, tr_acc = loss_and_accuracy(logits_train[g : g + 1, mask], own[mask][None])
-        ho_loss, ho_acc = loss_and_accuracy(logits_train[g : g + 1, ~mask], own[~mask][None])
-        te_loss, te_acc = loss_and_accuracy(logits_test[g : g + 1], data.y_test[None])
+        tr_loss, _ = loss_and_accuracy(logits_train[g : g + 1, mask], own[mask][None])
+        _, tr_acc = loss_and_accuracy(stored_train[g : g + 1, mask], own[mask][None])
+        _, ho_acc = loss_and_accuracy(stored_train[g : g + 1, ~mask], own[~mask][None])
+        te_loss, _ = loss_and_accuracy(logits_test[g : g + 1], data.y_test[None])
+        _, te_acc = loss_and_accuracy(stored_test[g : g + 1], data.y_test[None])
         summary = np.array([tr_acc.item(), ho_acc.item(), te_acc.item(), tr_loss.item(), te_loss.item(), seconds], dtype=np.float32)
         records.append(
             RunRecord(

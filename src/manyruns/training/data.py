@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -24,6 +24,15 @@ class DeviceData:
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int
+    _casts: dict = field(default_factory=dict, repr=False)
+
+    def train_inputs(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``x_train`` in ``dtype`` (a cast copy is made once and kept)."""
+        if dtype == self.x_train.dtype:
+            return self.x_train
+        if dtype not in self._casts:
+            self._casts[dtype] = self.x_train.to(dtype)
+        return self._casts[dtype]
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

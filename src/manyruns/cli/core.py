@@ -1,56 +1,14 @@
-"""The ``manyruns`` command line: a thin layer over the Python API."""
+"""Core commands: plan, train, status, demo."""
 
 from __future__ import annotations
 
-import functools
-import json
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from . import api
-from .data import DatasetMismatchError, DatasetNotFoundError
-from .recipe import RecipeError
-from .store import StoreError
-
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    help="Train populations of neural networks and compute statistics over them.",
-)
-
-EXAMPLES = Path(__file__).parent / "examples"
-
-
-def _fail(message: str, code: int) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def handle_errors(fn):
-    """Turn the API's expected errors into one-line messages and exit codes (2: bad input)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except RecipeError as exc:
-            _fail(str(exc), 2)
-        except (DatasetNotFoundError, DatasetMismatchError, StoreError, ValueError) as exc:
-            _fail(str(exc), 1)
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
-            raise typer.Exit(130)
-
-    return wrapper
-
-
-def _print_json(obj) -> None:
-    typer.echo(json.dumps(obj, indent=2, default=float))
-
+from .. import api
+from . import app, fail, handle_errors, print_json
 
 @app.command()
 @handle_errors
@@ -102,7 +60,7 @@ def train(
     typer.echo(line)
     if report.failed:
         first = next(iter(report.failed.items()))
-        _fail(f"{len(report.failed)} runs failed (run {first[0]}: {first[1]}); `manyruns train {store}` retries them", 1)
+        fail(f"{len(report.failed)} runs failed (run {first[0]}: {first[1]}); `manyruns train {store}` retries them", 1)
 
 
 @app.command()
@@ -114,7 +72,7 @@ def status(
     """Runs planned, committed, failed and the accuracy so far."""
     info = api.status(store)
     if as_json:
-        _print_json(info)
+        print_json(info)
         return
     typer.echo(f"{info['path']}: {info['name']} on {info['dataset']}")
     typer.echo(
@@ -137,25 +95,14 @@ def demo(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ):
     """Plan and train the demo population on the bundled digits data and summarize it."""
-    from .demo import run_demo
+    from ..demo import run_demo
 
     summary = run_demo(out, workers, progress=not as_json)
     if as_json:
-        _print_json(summary)
+        print_json(summary)
         return
     typer.echo(f"\nmanyruns demo: {summary['runs']} runs of an MLP on digits (50% random subsets) in {out}")
     typer.echo(f"  single-run test accuracy: {100 * summary['mean_accuracy']:.2f}% +- {100 * summary['std_accuracy']:.2f} (mean +- std)")
     typer.echo(f"  ensemble test accuracy:   {100 * summary['ensemble_accuracy']:.2f}% (averaged logits of all runs)")
     typer.echo(f"  wall time: {summary['seconds']:.1f} s")
     typer.echo(f"next: `manyruns status {out}`, or in Python `manyruns.open({str(out)!r}).runs`")
-
-
-def main() -> None:
-    try:
-        app()
-    except BrokenPipeError:  # e.g. `manyruns status --json | head`
-        sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()

@@ -10,6 +10,12 @@ from ..recipe import OptimizerSection, ScheduleSection
 
 
 def make_optimizer(params, cfg: OptimizerSection) -> torch.optim.Optimizer:
+    """The recipe's optimizer, with PyTorch's default (foreach) kernels.
+
+    The fused CPU kernels are about 7% faster on an MLP step but round differently in the tail
+    of a tensor, so a run's result would depend on its position in a stacked group; the
+    foreach kernels give bitwise the same result for any group.
+    """
     params = list(params)
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)

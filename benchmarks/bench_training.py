@@ -1,0 +1,201 @@
+"""Training throughput of the engine against a plain sequential PyTorch loop and the FLOP floor.
+
+For each case (the MNIST memorization MLP recipe, the small CNN on MNIST, and the MLP recipe
+with bfloat16 products) this measures, in one run on one machine:
+
+* the baseline: one model at a time, a ``DataLoader`` over a ``TensorDataset`` of the run's
+  subset, ``torch.optim`` with the recipe's hyperparameters, a test evaluation per epoch and
+  the final logits on train and test (what the recipe records), torch's default threads;
+* the engine: the whole ``manyruns plan`` + ``manyruns train --workers <cores>`` commands on a
+  fresh store, wall clock, as a user runs them;
+* the floor: the recipe's FLOPs per run over the float32 GEMM rate measured in the same run.
+
+FLOPs per run count every matrix product the recipe needs: per training example the forward
+pass, the weight gradients and the input gradients of every layer but the first (which
+needs none); the per-epoch test evaluation; the final logits on every train and test example.
+The conventional count (3x the forward pass per training example, i.e. 6 x parameters for an
+MLP) is reported beside it.
+
+    python benchmarks/bench_training.py [--cases mlp,cnn,mlp-bf16] [--runs 32] [--baseline-runs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, default_data_dir, gemm_rate, machine  # noqa: E402
+
+from manyruns.data import load_dataset  # noqa: E402
+from manyruns.models.architectures import build_model  # noqa: E402
+from manyruns.recipe import Recipe  # noqa: E402
+from manyruns.training.data import scale  # noqa: E402
+
+CASES = {
+    # name: (recipe file, overrides, engine runs, baseline runs)
+    "mlp": ("mnist-memorization.toml", {}, 32, 2),
+    "mlp-bf16": ("mnist-memorization.toml", {"training.precision": "bfloat16"}, 32, 0),
+    "cnn": ("small-cnn-mnist.toml", {}, 16, 2),
+}
+
+
+def layer_flops(model: nn.Module, input_shape) -> list[int]:
+    """Forward FLOPs (2 per multiply-add) of each conv/linear layer, in execution order."""
+    flops: list[int] = []
+
+    def hook(module, inputs, output):
+        if isinstance(module, nn.Linear):
+            flops.append(2 * module.in_features * module.out_features)
+        else:
+            k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+            flops.append(2 * int(np.prod(output.shape[1:])) * k)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, *input_shape))
+    for h in handles:
+        h.remove()
+    return flops
+
+
+def flops_per_run(recipe: Recipe, dataset) -> tuple[float, float]:
+    """(exact, conventional) FLOPs of one run of ``recipe``."""
+    layers = layer_flops(build_model(recipe.model, dataset.input_shape, dataset.num_classes), dataset.input_shape)
+    fwd = sum(layers)
+    n_sub = round(recipe.population.subset_levels[0] * dataset.n_train)
+    E = recipe.training.epochs
+    evals = E * dataset.n_test * fwd + (dataset.n_train + dataset.n_test) * fwd
+    exact = E * n_sub * (3 * fwd - layers[0]) + evals
+    conventional = E * n_sub * 3 * fwd + evals
+    return float(exact), float(conventional)
+
+
+def baseline_run(recipe: Recipe, dataset, seed: int) -> float:
+    """Seconds for one run as a plain PyTorch script would train it."""
+    torch.manual_seed(seed)
+    stats = None
+    if recipe.data.normalize == "standard":
+        xf = dataset.x_train.astype(np.float64)
+        stats = (xf.mean(axis=(0, 2, 3)), xf.std(axis=(0, 2, 3)))
+    x = torch.from_numpy(scale(dataset.x_train, recipe.data.normalize, stats))
+    xt = torch.from_numpy(scale(dataset.x_test, recipe.data.normalize, stats))
+    y, yt = torch.from_numpy(dataset.y_train), torch.from_numpy(dataset.y_test)
+    t0 = time.perf_counter()
+    n_sub = round(recipe.population.subset_levels[0] * dataset.n_train)
+    subset = torch.randperm(dataset.n_train)[:n_sub]
+    model = build_model(recipe.model, dataset.input_shape, dataset.num_classes)
+    o = recipe.optimizer
+    if o.name == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+    loader = DataLoader(TensorDataset(x[subset], y[subset]), batch_size=recipe.training.batch_size, shuffle=True)
+    for _ in range(recipe.training.epochs):
+        model.train()
+        for xb, yb in loader:
+            loss = nn.functional.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            nn.functional.cross_entropy(model(xt), yt)
+    with torch.no_grad():
+        model(x), model(xt)
+    return time.perf_counter() - t0
+
+
+def engine_runs(recipe_path: Path, overrides: dict, runs: int, workers: int, data_dir: str, workdir: Path) -> tuple[float, float]:
+    """Wall seconds of `manyruns plan` + `manyruns train` for ``runs`` runs, and their mean test accuracy."""
+    text = recipe_path.read_text().replace("runs = 2000", f"runs = {runs}").replace("runs = 64", f"runs = {runs}")
+    for key, value in overrides.items():
+        section, field = key.split(".")
+        text = text.replace(f"[{section}]\n", f"[{section}]\n{field} = {json.dumps(value)}\n", 1)
+    recipe = workdir / "recipe.toml"
+    recipe.write_text(text)
+    store = workdir / "store"
+    env = {**os.environ, "MANYRUNS_DATA": data_dir}
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "manyruns.cli", "plan", str(recipe), str(store)], check=True, env=env, capture_output=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "manyruns.cli", "train", str(store), "--workers", str(workers), "--quiet"],
+        check=True, env=env, capture_output=True, text=True,
+    )
+    seconds = time.perf_counter() - t0
+    print("   ", out.stdout.strip())
+    status = subprocess.run([sys.executable, "-m", "manyruns.cli", "status", str(store), "--json"], check=True, env=env, capture_output=True, text=True)
+    return seconds, json.loads(status.stdout)["mean_test_acc"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", default="mlp,cnn,mlp-bf16")
+    parser.add_argument("--runs", type=int, default=None, help="engine runs per case (default per case)")
+    parser.add_argument("--baseline-runs", type=int, default=None)
+    parser.add_argument("--data-dir", default=default_data_dir())
+    parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "training.json")
+    args = parser.parse_args()
+    if not args.data_dir:
+        sys.exit("MNIST is needed: pass --data-dir or set MANYRUNS_DATA")
+    workers = len(os.sched_getaffinity(0))
+    info = machine()
+    rate32 = gemm_rate(torch.float32)
+    rate16 = gemm_rate(torch.bfloat16)
+    print(f"machine: {info}")
+    print(f"GEMM rate, {torch.get_num_threads()} threads: float32 {rate32 / 1e9:.0f} GFLOP/s, bfloat16 {rate16 / 1e9:.0f} GFLOP/s")
+    dataset = load_dataset("mnist", args.data_dir)
+    results = {"machine": info, "gemm_float32": rate32, "gemm_bfloat16": rate16, "cases": {}}
+    for name in args.cases.split(","):
+        file, overrides, runs, base_runs = CASES[name]
+        runs = args.runs or runs
+        base_runs = base_runs if args.baseline_runs is None else args.baseline_runs
+        recipe = Recipe.load(REPO / "examples" / file).with_overrides(overrides)
+        exact, conventional = flops_per_run(recipe, dataset)
+        print(f"\n== {name}: {file} {overrides or ''} ({exact / 1e9:.0f} GFLOP per run; conventional {conventional / 1e9:.0f})")
+        base = [baseline_run(recipe, dataset, seed) for seed in range(base_runs)]
+        if base:
+            print(f"   baseline loop: {np.mean(base):.2f} s/run ({', '.join(f'{b:.2f}' for b in base)})")
+        with tempfile.TemporaryDirectory() as tmp:
+            wall, accuracy = engine_runs(REPO / "examples" / file, overrides, runs, workers, args.data_dir, Path(tmp))
+        engine = wall / runs
+        case = {
+            "runs": runs,
+            "mean_test_accuracy": accuracy,
+            "engine_s_per_run": engine,
+            "engine_runs_per_hour": 3600 / engine,
+            "baseline_s_per_run": float(np.mean(base)) if base else None,
+            "flops_per_run": exact,
+            "flops_per_run_conventional": conventional,
+            "floor_s_per_run": exact / rate32,
+            "floor_conventional_s_per_run": conventional / rate32,
+        }
+        case["speedup_vs_baseline"] = case["baseline_s_per_run"] / engine if base else None
+        case["fraction_of_floor_rate"] = case["floor_s_per_run"] / engine
+        case["fraction_of_conventional_floor_rate"] = case["floor_conventional_s_per_run"] / engine
+        results["cases"][name] = case
+        print(
+            f"   engine: {engine:.2f} s/run ({3600 / engine:,.0f} runs/h, {runs} runs, whole commands)"
+            + (f", {case['speedup_vs_baseline']:.2f}x the loop" if base else "")
+            + f"; float32 floor {case['floor_s_per_run']:.2f} s/run -> {100 * case['fraction_of_floor_rate']:.0f}% of the floor's rate"
+            + f" (conventional count: {100 * case['fraction_of_conventional_floor_rate']:.0f}%)"
+        )
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

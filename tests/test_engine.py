@@ -1,0 +1,183 @@
+"""The engine: population forms agree, runs are independent of their group, divergence is recorded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from manyruns.data import load_dataset
+from manyruns.models.architectures import create_model
+from manyruns.models.population import LoopPopulation, StackedMLP, VmapPopulation
+from manyruns.plan import plan_runs, realize_labels, realize_mask, run_seeds
+from manyruns.recipe import Recipe
+from manyruns.training.data import prepare
+from manyruns.training.engine import RunJob, train_group
+
+BASE = {
+    "data": {"dataset": "digits", "normalize": "unit"},
+    "model": {"kind": "mlp", "widths": [32, 16]},
+    "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4},
+    "training": {"epochs": 2, "batch_size": 50},
+    "population": {"runs": 4, "seed": 3, "subset": 0.5},
+    "record": {"weights": [0, 2], "true_prob": True},
+}
+
+
+def recipe_with(**sections) -> Recipe:
+    data = {k: dict(v) for k, v in BASE.items()}
+    for key, value in sections.items():
+        replace = key == "model" and "kind" in value  # another architecture: start afresh
+        data[key] = dict(value) if replace else {**data.get(key, {}), **value}
+    return Recipe.from_dict(data)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def jobs_for(recipe: Recipe, dataset, runs) -> list[RunJob]:
+    plans = plan_runs(recipe)
+    return [
+        RunJob(
+            p.index,
+            realize_mask(recipe, p, dataset.n_train),
+            realize_labels(recipe, p, dataset.y_train, dataset.num_classes),
+            run_seeds(recipe, p.index),
+        )
+        for p in (plans[r] for r in runs)
+    ]
+
+
+def train(recipe, dataset, runs, strategy="auto", **kw):
+    data = prepare(dataset, recipe, "none", torch.device("cpu"))
+    return train_group(recipe, jobs_for(recipe, dataset, runs), data, "cpu", strategy, **kw)
+
+
+def test_stacked_and_loop_forms_agree(digits):
+    recipe = recipe_with()
+    stacked = train(recipe, digits, [0, 1, 2], "stacked")
+    loop = train(recipe, digits, [0, 1, 2], "loop")
+    for a, b in zip(stacked, loop):
+        assert a.index == b.index
+        np.testing.assert_allclose(a.weights[0], b.weights[0], rtol=0, atol=0)  # same initialization
+        np.testing.assert_allclose(a.weights[2], b.weights[2], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(a.logits_test.astype(np.float32), b.logits_test.astype(np.float32), rtol=1e-2, atol=1e-2)
+        np.testing.assert_allclose(a.metrics, b.metrics, rtol=1e-4, atol=1e-5)
+
+
+def test_population_forms_compute_the_same_function():
+    """Forward passes of the three forms on the same networks match the networks themselves."""
+    recipe = recipe_with(model={"kind": "small-cnn", "channels": 4})
+    models = [create_model(recipe.model, (1, 16, 16), 10, seed) for seed in range(3)]
+    x = torch.randn(3, 5, 1, 16, 16)
+    expected = torch.stack([m(x[g]) for g, m in enumerate(models)])
+    torch.testing.assert_close(LoopPopulation(models)(x), expected)
+    torch.testing.assert_close(VmapPopulation(models)(x), expected, rtol=1e-5, atol=1e-6)
+    mlps = [create_model(recipe_with().model, (1, 8, 8), 10, seed) for seed in range(3)]
+    x = torch.randn(3, 5, 1, 8, 8)
+    expected = torch.stack([m(x[g]) for g, m in enumerate(mlps)])
+    torch.testing.assert_close(StackedMLP(mlps)(x), expected, rtol=1e-5, atol=1e-6)
+    for form in (LoopPopulation(mlps), StackedMLP(mlps)):
+        flat = form.flat_weights()
+        assert flat.shape == (3, sum(p.numel() for p in mlps[0].parameters()))
+        torch.testing.assert_close(flat[1], torch.cat([p.detach().reshape(-1) for p in mlps[1].parameters()]))
+
+
+@pytest.mark.parametrize(
+    "strategy,extra",
+    [
+        ("stacked", {}),
+        ("loop", {}),
+        ("stacked", {"optimizer": {"name": "adam", "lr": 1e-3}}),
+        ("stacked", {"training": {"precision": "bfloat16"}}),
+    ],
+)
+def test_run_results_do_not_depend_on_the_group(digits, strategy, extra):
+    recipe = recipe_with(**extra)
+    alone = train(recipe, digits, [2], strategy)[0]
+    grouped = {rec.index: rec for rec in train(recipe, digits, [0, 1, 2, 3], strategy)}[2]
+    assert np.array_equal(alone.logits_test, grouped.logits_test)
+    assert np.array_equal(alone.logits_train, grouped.logits_train)
+    assert np.array_equal(alone.weights[2], grouped.weights[2])
+    assert np.array_equal(alone.metrics, grouped.metrics, equal_nan=True)
+
+
+def test_bfloat16_products_train_like_float32(digits):
+    recipe = recipe_with(training={"epochs": 10})
+    full = train(recipe, digits, [0, 1])
+    low = train(recipe_with(training={"epochs": 10, "precision": "bfloat16"}), digits, [0, 1])
+    for a, b in zip(full, low):
+        np.testing.assert_array_equal(a.weights[0], b.weights[0])  # same start, float32 master weights
+        assert b.status == "ok" and b.weights[2].dtype == np.float32
+        assert abs(a.summary[2] - b.summary[2]) < 0.05  # test accuracy close
+        assert not np.array_equal(a.logits_test, b.logits_test)  # but not the same numbers
+
+
+def test_dropout_masks_belong_to_the_run(digits):
+    recipe = recipe_with(model={"dropout": 0.3})
+    alone = train(recipe, digits, [1], "stacked")[0]
+    grouped = train(recipe, digits, [0, 1], "stacked")[1]
+    assert np.array_equal(alone.weights[2], grouped.weights[2])
+    loop = train(recipe, digits, [1], "loop")[0]
+    np.testing.assert_allclose(alone.weights[2], loop.weights[2], rtol=1e-4, atol=1e-5)
+    no_dropout = train(recipe_with(), digits, [1], "stacked")[0]
+    assert not np.allclose(alone.weights[2], no_dropout.weights[2])
+
+
+def test_runs_differ_and_records_are_consistent(digits):
+    recipe = recipe_with()
+    recs = train(recipe, digits, [0, 1])
+    a, b = recs
+    assert not np.array_equal(a.weights[0], b.weights[0])  # own initialization
+    assert not np.array_equal(a.mask, b.mask)  # own subset
+    assert a.mask.sum() == round(0.5 * digits.n_train)
+    for rec in recs:
+        assert rec.status == "ok"
+        assert rec.logits_train.shape == (digits.n_train, 10) and rec.logits_test.shape == (digits.n_test, 10)
+        # summary test accuracy equals the accuracy of the stored test logits
+        acc = (rec.logits_test.astype(np.float32).argmax(1) == digits.y_test).mean()
+        assert rec.summary[2] == pytest.approx(acc, abs=1e-6)
+        heldout = ~rec.mask
+        assert rec.summary[1] == pytest.approx((rec.logits_train[heldout].astype(np.float32).argmax(1) == rec.labels[heldout]).mean(), abs=1e-6)
+        # true-class probabilities exist exactly where the run trained
+        tp = rec.true_prob
+        assert tp.shape == (2, digits.n_train)
+        assert np.isfinite(tp[:, rec.mask]).all() and np.isnan(tp[:, ~rec.mask]).all()
+        assert ((tp[:, rec.mask] >= 0) & (tp[:, rec.mask] <= 1)).all()
+        assert rec.metrics.shape == (2, 4) and np.isfinite(rec.metrics).all()
+
+
+def test_training_learns(digits):
+    recipe = recipe_with(training={"epochs": 15}, record={"weights": []})
+    rec = train(recipe, digits, [0])[0]
+    assert rec.summary[0] > 0.9 and rec.summary[2] > 0.8
+    assert rec.metrics[-1, 0] < rec.metrics[0, 0]  # train loss went down
+
+
+def test_divergence_is_recorded_not_raised(digits):
+    recipe = recipe_with(optimizer={"lr": 1e6, "momentum": 0.0})
+    recs = train(recipe, digits, [0, 1])
+    assert [r.status for r in recs] == ["diverged", "diverged"]
+    assert all(r.weights[2].shape == recs[0].weights[0].shape for r in recs)
+
+
+def test_eval_train_metrics_match_final_logits(digits):
+    recipe = recipe_with(record={"train_metrics": "eval"})
+    rec = train(recipe, digits, [0])[0]
+    # the last epoch's evaluated train accuracy is the accuracy of the final logits on the subset
+    assert rec.metrics[-1, 1] == pytest.approx(rec.summary[0], abs=1e-6)
+    assert rec.metrics[-1, 3] == pytest.approx(rec.summary[2], abs=1e-6)
+
+
+def test_augmentation_and_cnn_train(digits):
+    recipe = recipe_with(
+        model={"kind": "small-cnn", "channels": 8, "layers": 2},
+        data={"augment": {"flip": True, "crop": 1}},
+        record={"weights": [], "true_prob": False},
+    )
+    alone = train(recipe, digits, [1], "loop")[0]
+    grouped = train(recipe, digits, [0, 1], "loop")[1]
+    assert alone.status == "ok"
+    assert np.array_equal(alone.logits_test, grouped.logits_test)

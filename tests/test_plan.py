@@ -1,0 +1,124 @@
+"""Per-run plans and randomness: independent streams per run and purpose, balanced conditions."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from manyruns.data import load_dataset
+from manyruns.plan import cells, group_key, plan_runs, plans_from_columns, plans_to_columns, realize_inputs, realize_labels, realize_mask, run_seeds
+from manyruns.recipe import Recipe
+
+from .conftest import tiny_recipe
+
+
+def recipe(extra_population: str = "", runs: int = 12, subset: str = "0.5", sweep: str = "") -> Recipe:
+    text = tiny_recipe(runs=runs, subset=subset).replace("[record]", extra_population + "\n[record]")
+    return Recipe.from_toml(text + sweep)
+
+
+def test_plans_are_deterministic_and_round_trip():
+    r = recipe(sweep='[population.sweep]\n"optimizer.lr" = {log_uniform = [1e-3, 1e-1]}\n')
+    a, b = plan_runs(r), plan_runs(r)
+    assert a == b
+    assert plans_from_columns(plans_to_columns(a)) == a
+    assert len({p.seed for p in a}) == len(a)
+
+
+def test_conditions_are_round_robin_and_balanced():
+    r = recipe('label_noise = [0.0, 0.5]\ninputs = ["none", "shuffled-pixels"]', runs=17, subset="[0.25, 0.75]")
+    grid = cells(r)
+    assert len(grid) == 8
+    plans = plan_runs(r)
+    assert [p.cell for p in plans] == [i % 8 for i in range(17)]
+    for p in plans:
+        assert (p.subset, p.label_noise, p.inputs) == grid[p.cell]
+    # a grown population keeps the first runs' plans
+    assert plan_runs(r, 0, 10) == plans[:10]
+
+
+def test_subsets_are_independent_across_ratios_not_nested():
+    """The same run index at two ratios draws two independent subsets (not a prefix of one list)."""
+    n = 2000
+    small = recipe(subset="0.1")
+    large = recipe(subset="0.2")
+    overlaps = []
+    for p_small, p_large in zip(plan_runs(small), plan_runs(large)):
+        m1 = realize_mask(small, p_small, n)
+        m2 = realize_mask(large, p_large, n)
+        assert m1.sum() == 200 and m2.sum() == 400
+        overlaps.append((m1 & m2).sum() / m1.sum())
+    # nested subsets would give overlap 1.0; independent ones about 0.2
+    assert 0.1 < np.mean(overlaps) < 0.3
+
+
+def test_masks_differ_between_runs_and_purposes_are_separate():
+    r = recipe()
+    plans = plan_runs(r)
+    masks = [realize_mask(r, p, 1000) for p in plans]
+    assert len({m.tobytes() for m in masks}) == len(masks)
+    seeds = run_seeds(r, 0)
+    assert seeds.init != seeds.dropout
+    assert not np.array_equal(np.random.default_rng(seeds.order).random(5), np.random.default_rng(seeds.augment).random(5))
+
+
+def test_label_noise_scopes():
+    digits = load_dataset("digits")
+    y, c = digits.y_train, digits.num_classes
+    shared = recipe("label_noise = {p = [0.0, 0.4], scope = \"dataset\"}", runs=6)
+    plans = plan_runs(shared)
+    noisy = [realize_labels(shared, p, y, c) for p in plans if p.label_noise == 0.4]
+    clean = [realize_labels(shared, p, y, c) for p in plans if p.label_noise == 0.0]
+    assert all(np.array_equal(noisy[0], other) for other in noisy[1:])
+    assert all(np.array_equal(lab, y) for lab in clean)
+    changed = (noisy[0] != y).mean()
+    assert abs(changed - 0.4 * 0.9) < 0.06  # p * (C-1)/C of the labels actually change
+    per_run = recipe("label_noise = {p = 0.4, scope = \"run\", exclude_true = true}", runs=3)
+    labels = [realize_labels(per_run, p, y, c) for p in plan_runs(per_run)]
+    assert not np.array_equal(labels[0], labels[1])
+    assert abs((labels[0] != y).mean() - 0.4) < 0.06
+
+
+def test_shuffled_pixels_use_one_permutation_for_train_and_test():
+    digits = load_dataset("digits")
+    r = recipe('inputs = "shuffled-pixels"')
+    xtr, xte = realize_inputs(r, "shuffled-pixels", digits)
+    assert xtr.shape == digits.x_train.shape and xte.shape == digits.x_test.shape
+    # recover the permutation from a probe: pixel j of the output comes from pixel perm[j]
+    flat_in = digits.x_train.reshape(len(xtr), -1).astype(np.int64)
+    flat_out = xtr.reshape(len(xtr), -1).astype(np.int64)
+    perm = [int(np.flatnonzero((flat_in == flat_out[:, [j]]).all(0))[0]) for j in range(flat_out.shape[1]) if flat_out[:, j].std() > 0]
+    assert len(set(perm)) == len(perm)
+    test_in = digits.x_test.reshape(len(xte), -1)
+    test_out = xte.reshape(len(xte), -1)
+    varying = [j for j in range(flat_out.shape[1]) if flat_out[:, j].std() > 0]
+    assert all(np.array_equal(test_out[:, j], test_in[:, p]) for j, p in zip(varying, perm))
+
+
+def test_group_keys_separate_what_cannot_batch():
+    r = recipe("label_noise = [0.0, 0.5]", runs=4, sweep='[population.sweep]\n"optimizer.lr" = {choice = [0.1, 0.01]}\n')
+    plans = plan_runs(r)
+    keys = [group_key(r, p) for p in plans]
+    for p, k in zip(plans, keys):
+        for q, k2 in zip(plans, keys):
+            assert (k == k2) == (p.sweep == q.sweep)  # noise level may differ within a group
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31), runs=st.integers(1, 40))
+def test_sweep_draws_lie_in_range_and_keys_are_independent(seed, runs):
+    base = tiny_recipe(runs=runs).replace("seed = 7", f"seed = {seed}")
+    one = Recipe.from_toml(base + '[population.sweep]\n"optimizer.lr" = {log_uniform = [1e-4, 1e-1]}\n')
+    two = Recipe.from_toml(base + '[population.sweep]\n"optimizer.lr" = {log_uniform = [1e-4, 1e-1]}\n"model.dropout" = {uniform = [0.0, 0.5]}\n')
+    for a, b in zip(plan_runs(one), plan_runs(two)):
+        assert 1e-4 <= a.sweep["optimizer.lr"] <= 1e-1
+        assert 0.0 <= b.sweep["model.dropout"] <= 0.5
+        assert a.sweep["optimizer.lr"] == b.sweep["optimizer.lr"]  # adding a key changes no other key
+
+
+def test_log_uniform_is_uniform_in_log_space():
+    r = recipe(runs=4000, sweep='[population.sweep]\n"optimizer.lr" = {log_uniform = [1e-4, 1e-0]}\n')
+    logs = np.log10([p.sweep["optimizer.lr"] for p in plan_runs(r)])
+    assert abs(logs.mean() - (-2.0)) < 0.1
+    assert abs((logs < -3).mean() - 0.25) < 0.03

@@ -1,0 +1,232 @@
+"""The store and its protocol: plan/grow/refuse, commit markers, resume, interruption, concurrency."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import manyruns
+from manyruns.store import Store, StoreError
+
+from .conftest import tiny_recipe
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def cli(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "manyruns.cli", *args], capture_output=True, text=True, env=ENV, **kw)
+
+
+def popen_train(store: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "manyruns.cli", "train", str(store), "--quiet", "--workers", "1", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+    )
+
+
+def arrays_equal(a: Path, b: Path, names=("logits/train", "logits/test", "mask/train", "labels/train", "metrics", "weights/epoch_3")) -> None:
+    pa, pb = manyruns.open(a), manyruns.open(b)
+    for name in names:
+        assert np.array_equal(pa.load(name, "all"), pb.load(name, "all"), equal_nan=True), name
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """A slower population (more runs, more epochs) trained in-process, without interruption."""
+    root = tmp_path_factory.mktemp("ref")
+    recipe = root / "recipe.toml"
+    recipe.write_text(tiny_recipe(runs=24).replace("epochs = 3", "epochs = 20").replace("weights = [0, 3]", "weights = [0, 3]\ntrue_prob = true"))
+    store = root / "store"
+    manyruns.plan(recipe, store)
+    manyruns.train(store, executor="serial", progress=False)
+    return recipe, store
+
+
+def test_layout_shapes_and_attributes(tmp_path, write_recipe):
+    store = tmp_path / "s"
+    pop = manyruns.plan(write_recipe(tiny_recipe(runs=5)), store)
+    assert pop.array("logits/train").shape == (5, 1438, 10)
+    assert pop.array("logits/train").chunks == (1, 1438, 10)
+    assert pop.array("logits/test").dtype == np.float16
+    assert pop.array("mask/train").shape == (5, 1438) and pop.array("labels/train").dtype == np.int16
+    assert pop.array("metrics").shape == (5, 3, 4)
+    assert pop.array("weights/epoch_3").shape == (5, pop.layout["num_params"])
+    assert pop.array("committed").chunks == (1,)
+    meta = pop.store.meta
+    assert meta["dataset"]["name"] == "digits" and len(meta["dataset"]["labels_sha256"]) == 64
+    assert meta["version"] == manyruns.__version__
+    assert "widths = [32]" in meta["recipe_text"]
+    layout = pop.layout["params"]
+    assert layout[0]["name"] == "hidden.0.weight" and layout[0]["shape"] == [32, 64] and layout[-1]["end"] == pop.layout["num_params"]
+    assert np.array_equal(pop.targets("test"), manyruns.open(store).targets("test"))
+    assert not pop.committed.any() and (pop.runs.status == "pending").all()
+
+
+def test_plan_is_idempotent_grows_and_refuses(tmp_path, write_recipe):
+    store = tmp_path / "s"
+    manyruns.plan(write_recipe(tiny_recipe(runs=4)), store)
+    manyruns.train(store, executor="serial", progress=False)
+    before = manyruns.open(store).load("logits/test", "all")
+    # same recipe, even reformatted: nothing changes
+    manyruns.plan(write_recipe("# a comment\n" + tiny_recipe(runs=4), "same.toml"), store)
+    assert manyruns.open(store).num_runs == 4 and manyruns.open(store).committed.all()
+    # more runs: the store grows, committed runs stay
+    manyruns.plan(write_recipe(tiny_recipe(runs=7), "grown.toml"), store)
+    pop = manyruns.open(store)
+    assert pop.num_runs == 7 and pop.committed.tolist() == [True] * 4 + [False] * 3
+    assert np.array_equal(pop.load("logits/test", [0, 1, 2, 3]), before)
+    report = manyruns.train(store, executor="serial", progress=False)
+    assert report.trained == 3 and manyruns.open(store).committed.all()
+    # fewer runs or another recipe: refused, with what differs
+    with pytest.raises(StoreError, match="shrinking"):
+        manyruns.plan(write_recipe(tiny_recipe(runs=3), "fewer.toml"), store)
+    with pytest.raises(StoreError) as info:
+        manyruns.plan(write_recipe(tiny_recipe(runs=7).replace("lr = 0.1", "lr = 0.2"), "other.toml"), store)
+    assert "optimizer.lr (store: 0.1, recipe: 0.2)" in str(info.value)
+    assert manyruns.open(store).recipe.optimizer.lr == 0.1
+
+
+def test_uncommitted_runs_are_invisible_and_redone_identically(tmp_path, reference):
+    recipe, ref = reference
+    store = tmp_path / "s"
+    shutil.copytree(ref, store)
+    s = Store.open(store)
+    s.uncommit([2, 5])
+    pop = manyruns.open(store)
+    assert 2 not in pop.run_indices("committed") and len(pop.run_indices()) == 22
+    assert [r for r, _ in pop.blocks("logits/test", block_size=100)][0].tolist() == [r for r in range(24) if r not in (2, 5)]
+    # retraining (alone, in another group than the first time) reproduces the stored results exactly
+    report = manyruns.train(store, executor="serial", progress=False)
+    assert report.trained == 2
+    arrays_equal(store, ref, names=("logits/train", "logits/test", "weights/epoch_3", "trueprob/train"))
+
+
+def test_killed_training_keeps_committed_runs_and_resumes(tmp_path, reference):
+    recipe, ref = reference
+    store = tmp_path / "s"
+    manyruns.plan(recipe, store)
+    proc = popen_train(store, "--group-size", "1")
+    deadline = time.time() + 120
+    while time.time() < deadline and Store.open(store).committed().sum() < 3:
+        time.sleep(0.05)
+    os.killpg(os.getpgid(proc.pid), signal.SIGKILL) if False else proc.kill()
+    proc.wait()
+    # the pool workers of a killed parent exit on their own; give them a moment
+    time.sleep(1.0)
+    committed = Store.open(store).committed()
+    assert 3 <= committed.sum() < 24
+    ref_pop, pop = manyruns.open(ref), manyruns.open(store)
+    done = np.flatnonzero(committed)
+    assert np.array_equal(pop.load("logits/test", done), ref_pop.load("logits/test", done))
+    # the next train finishes the rest; the stale claims of the dead process do not block it
+    result = cli("train", str(store), "--quiet", "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    arrays_equal(store, ref)
+
+
+def test_ctrl_c_keeps_committed_runs(tmp_path, reference):
+    recipe, ref = reference
+    store = tmp_path / "s"
+    manyruns.plan(recipe, store)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "manyruns.cli", "train", str(store), "--quiet", "--workers", "1", "--group-size", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and Store.open(store).committed().sum() < 2:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends to the whole foreground group
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "resumes" in err
+    committed = Store.open(store).committed()
+    assert 2 <= committed.sum() < 24
+    assert not list((store / "claims").glob("*"))  # claims released
+    done = np.flatnonzero(committed)
+    assert np.array_equal(manyruns.open(store).load("logits/train", done), manyruns.open(ref).load("logits/train", done))
+    manyruns.train(store, executor="serial", progress=False)
+    arrays_equal(store, ref)
+
+
+def test_two_train_processes_share_the_work(tmp_path, reference):
+    recipe, ref = reference
+    store = tmp_path / "s"
+    manyruns.plan(recipe, store)
+    procs = [popen_train(store, "--group-size", "2") for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    trained = [int(out.split("trained ")[1].split(" ")[0]) for out, _ in outs]
+    assert sum(trained) == 24 and min(trained) > 0  # every run trained once, by one of them
+    assert Store.open(store).committed().all()
+    arrays_equal(store, ref)
+
+
+def test_local_executor_matches_serial(tmp_path, write_recipe):
+    recipe = write_recipe(tiny_recipe(runs=6))
+    a, b = tmp_path / "a", tmp_path / "b"
+    manyruns.plan(recipe, a)
+    manyruns.plan(recipe, b)
+    manyruns.train(a, executor="serial", progress=False)
+    report = manyruns.train(b, executor="local", workers=2, progress=False)
+    assert report.trained == 6
+    arrays_equal(a, b)
+
+
+def test_max_runs_and_status(tmp_path, write_recipe):
+    store = tmp_path / "s"
+    manyruns.plan(write_recipe(tiny_recipe(runs=5)), store)
+    report = manyruns.train(store, executor="serial", max_runs=2, progress=False)
+    assert report.trained == 2 and report.remaining == 3
+    info = manyruns.status(store)
+    assert (info["planned"], info["committed"], info["pending"], info["failed"]) == (5, 2, 3, 0)
+    pop = manyruns.open(store)
+    test_acc = pop.runs.test_acc.to_numpy()
+    assert np.isnan(test_acc[2:]).all() and info["mean_test_acc"] == pytest.approx(np.mean(test_acc[:2]), abs=1e-6)
+
+
+def test_a_failing_group_is_recorded_and_retried(tmp_path, write_recipe):
+    store = tmp_path / "s"
+    manyruns.plan(write_recipe(tiny_recipe(runs=3).replace("widths = [32]", "widths = [32]\ndropout = 0.2")), store)
+    # the vmap form refuses dropout: every group fails inside the worker
+    report = manyruns.train(store, executor="serial", strategy="vmap", progress=False)
+    assert set(report.failed) == {0, 1, 2} and "dropout" in report.failed[0]
+    info = manyruns.status(store)
+    assert info["failed"] == 3 and info["committed"] == 0 and "dropout" in info["failures"]["0"]
+    assert (manyruns.open(store).runs.status == "failed").all()
+    report = manyruns.train(store, executor="serial", progress=False)
+    assert report.trained == 3 and manyruns.status(store)["failed"] == 0
+
+
+def test_dataset_fingerprint_is_checked(tmp_path, write_recipe):
+    import gzip
+
+    data = tmp_path / "data" / "mnist"
+    data.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+
+    def write_idx(name, array):
+        header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+        with gzip.open(data / name, "wb") as f:
+            f.write(header + array.astype(np.uint8).tobytes())
+
+    for split, n in (("train", 40), ("t10k", 20)):
+        write_idx(f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
+    recipe = write_recipe(tiny_recipe(runs=2).replace('dataset = "digits"', 'dataset = "mnist"'))
+    store = tmp_path / "s"
+    manyruns.plan(recipe, store, data_dir=tmp_path / "data")
+    assert manyruns.open(store).store.meta["data_dir"] == str((tmp_path / "data").resolve())
+    write_idx("t10k-labels-idx1-ubyte.gz", rng.integers(0, 10, 20))  # the data changes under the store
+    result = cli("train", str(store), "--quiet")
+    assert result.returncode == 1
+    assert "not the data" in result.stderr and "labels" in result.stderr
+    assert not Store.open(store).committed().any()
