@@ -146,14 +146,15 @@ def test_runs_differ_and_records_are_consistent(digits):
         assert tp.shape == (2, digits.n_train)
         assert np.isfinite(tp[:, rec.mask]).all() and np.isnan(tp[:, ~rec.mask]).all()
         assert ((tp[:, rec.mask] >= 0) & (tp[:, rec.mask] <= 1)).all()
-        assert rec.metrics.shape == (2, 4) and np.isfinite(rec.metrics).all()
+        assert rec.metrics.shape == (3, 4) and np.isfinite(rec.metrics).all()  # row 0: at initialization
 
 
 def test_training_learns(digits):
     recipe = recipe_with(training={"epochs": 15}, record={"weights": []})
     rec = train(recipe, digits, [0])[0]
     assert rec.summary[0] > 0.9 and rec.summary[2] > 0.8
-    assert rec.metrics[-1, 0] < rec.metrics[0, 0]  # train loss went down
+    assert np.isnan(rec.metrics[0]).all()  # nothing asked for at initialization
+    assert rec.metrics[-1, 0] < rec.metrics[1, 0]  # train loss went down
 
 
 def test_divergence_is_recorded_not_raised(digits):
@@ -181,3 +182,29 @@ def test_augmentation_and_cnn_train(digits):
     grouped = train(recipe, digits, [0, 1], "loop")[1]
     assert alone.status == "ok"
     assert np.array_equal(alone.logits_test, grouped.logits_test)
+
+
+def test_initial_metrics_and_features_match_an_independent_forward_pass(digits):
+    recipe = recipe_with(record={"features": 1, "initial_metrics": True, "weights": [2]})
+    data = prepare(digits, recipe, "none", torch.device("cpu"))
+    first, second = train_group(recipe, jobs_for(recipe, digits, [0, 1]), data, "cpu", "stacked")
+    # row 0: the untrained network of run 0, evaluated here with plain PyTorch
+    net = create_model(recipe.model, data.input_shape, 10, run_seeds(recipe, 0).init).eval()
+    with torch.no_grad():
+        logits = net(data.x_test)
+    acc = (logits.argmax(1) == data.y_test).float().mean().item()
+    loss = torch.nn.functional.cross_entropy(logits, data.y_test).item()
+    assert first.metrics[0, 3] == pytest.approx(acc, abs=1e-6) and first.metrics[0, 2] == pytest.approx(loss, rel=1e-4)
+    # penultimate features of the trained run 0, from its stored final weights
+    flat = torch.from_numpy(first.weights[2])
+    start = 0
+    for p in net.parameters():
+        p.data.copy_(flat[start : start + p.numel()].view_as(p))
+        start += p.numel()
+    with torch.no_grad():
+        expected = net.features(data.x_test).numpy()
+        expected_logits = net(data.x_test).numpy()
+    assert first.features_test.shape == (digits.n_test, 16) and first.features_train.shape == (digits.n_train, 16)
+    np.testing.assert_allclose(first.features_test.astype(np.float32), expected, rtol=1e-2, atol=1e-2)
+    np.testing.assert_allclose(first.logits_test.astype(np.float32), expected_logits, rtol=1e-2, atol=1e-2)
+    assert second.features_train is None  # only the first `features` runs keep them

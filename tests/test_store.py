@@ -58,7 +58,7 @@ def test_layout_shapes_and_attributes(tmp_path, write_recipe):
     assert pop.array("logits/train").chunks == (1, 1438, 10)
     assert pop.array("logits/test").dtype == np.float16
     assert pop.array("mask/train").shape == (5, 1438) and pop.array("labels/train").dtype == np.int16
-    assert pop.array("metrics").shape == (5, 3, 4)
+    assert pop.array("metrics").shape == (5, 4, 4)  # epochs 0..3
     assert pop.array("weights/epoch_3").shape == (5, pop.layout["num_params"])
     assert pop.array("committed").chunks == (1,)
     meta = pop.store.meta

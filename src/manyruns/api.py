@@ -49,12 +49,17 @@ def _layout(recipe: Recipe, plans, dataset) -> dict:
             field="record.weights",
         )
     base = create_model(recipe.model, dataset.input_shape, dataset.num_classes, 0)
+    import torch
+
+    with torch.no_grad():
+        num_features = int(base.eval().features(torch.zeros(1, *dataset.input_shape)).shape[1])
     return {
         "n_train": dataset.n_train,
         "n_test": dataset.n_test,
         "num_classes": dataset.num_classes,
         "input_shape": list(dataset.input_shape),
         "num_params": count_parameters(base),
+        "num_features": num_features,
         "params": parameter_layout(base),
     }
 

@@ -310,6 +310,16 @@ class RecordSection(_Section):
     true_prob: bool = False
     """Per-epoch probability of the (run's) label for each training example, taken from the
     forward pass in which the example was trained on (NaN where it was not)."""
+    initial_metrics: bool = False
+    """Evaluate train/test loss and accuracy before the first step (row 0 of ``metrics``);
+    implied when ``weights`` contains epoch 0."""
+    features: int = Field(0, ge=0)
+    """Keep the penultimate-layer features on every train and test example for the first
+    ``features`` runs (float16)."""
+
+    @property
+    def metrics_at_init(self) -> bool:
+        return self.initial_metrics or 0 in self.weights
 
 
 # ----------------------------------------------------------------------------- recipe

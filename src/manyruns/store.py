@@ -7,7 +7,9 @@ Layout (``R`` runs, ``N`` training and ``T`` test examples, ``C`` classes, ``E``
     logits/test    (R, T, C) float16
     mask/train     (R, N)    bool       which training examples the run trained on
     labels/train   (R, N)    int16      the labels the run saw (after label noise)
-    metrics        (R, E, 4) float32    per epoch: train_loss, train_acc, test_loss, test_acc
+    metrics        (R, E+1, 4) float32  after epoch e (row 0: at initialization, if recorded):
+                                        train_loss, train_acc, test_loss, test_acc
+    features/{train,test} (R, N, F) float16  penultimate-layer features (first record.features runs)
     weights/epoch_<e> (R, P) float32    flattened parameters after epoch e (0: initialization)
     trueprob/train (R, E, N) float16    per-epoch probability of the run's label (NaN: not trained on)
     summary        (R, 6)    float32    train_acc, heldout_acc, test_acc, train_loss, test_loss, seconds
@@ -64,14 +66,18 @@ class RunRecord:
     mask: np.ndarray  # (N,) bool
     labels: np.ndarray  # (N,) int
     summary: np.ndarray  # (6,) float32, SUMMARY_COLUMNS
-    metrics: np.ndarray | None = None  # (E, 4) float32
+    metrics: np.ndarray | None = None  # (E+1, 4) float32, row 0 at initialization
     logits_train: np.ndarray | None = None  # (N, C)
     logits_test: np.ndarray | None = None  # (T, C)
     weights: dict[int, np.ndarray] | None = None  # epoch -> (P,)
     true_prob: np.ndarray | None = None  # (E, N)
+    features_train: np.ndarray | None = None  # (N, F)
+    features_test: np.ndarray | None = None  # (T, F)
 
 
-def array_specs(recipe: Recipe, n_train: int, n_test: int, num_classes: int, num_params: int) -> dict[str, tuple[tuple[int, ...], str, Any]]:
+def array_specs(
+    recipe: Recipe, n_train: int, n_test: int, num_classes: int, num_params: int, num_features: int = 0
+) -> dict[str, tuple[tuple[int, ...], str, Any]]:
     """Per-run shape, dtype and fill value of every array the recipe records."""
     E = recipe.training.epochs
     specs: dict[str, tuple[tuple[int, ...], str, Any]] = {
@@ -82,7 +88,7 @@ def array_specs(recipe: Recipe, n_train: int, n_test: int, num_classes: int, num
         "committed": ((), "bool", False),
     }
     if recipe.record.metrics:
-        specs["metrics"] = ((E, len(METRIC_COLUMNS)), "float32", np.nan)
+        specs["metrics"] = ((E + 1, len(METRIC_COLUMNS)), "float32", np.nan)
     for split in recipe.record.logits:
         n = n_train if split == "train" else n_test
         specs[f"logits/{split}"] = ((n, num_classes), "float16", np.nan)
@@ -90,6 +96,9 @@ def array_specs(recipe: Recipe, n_train: int, n_test: int, num_classes: int, num
         specs[f"weights/epoch_{e}"] = ((num_params,), "float32", np.nan)
     if recipe.record.true_prob:
         specs["trueprob/train"] = ((E, n_train), "float16", np.nan)
+    if recipe.record.features:
+        specs["features/train"] = ((n_train, num_features), "float16", np.nan)
+        specs["features/test"] = ((n_test, num_features), "float16", np.nan)
     return specs
 
 
@@ -204,6 +213,9 @@ class Store:
                 self.array(name)[r] = rec.weights[epoch].astype(np.float32)
         if "trueprob/train" in arrays:
             self.array("trueprob/train")[r] = rec.true_prob.astype(np.float16)
+        if "features/train" in arrays and rec.features_train is not None:
+            self.array("features/train")[r] = rec.features_train.astype(np.float16)
+            self.array("features/test")[r] = rec.features_test.astype(np.float16)
         self.array("status")[r] = STATUS_CODES[rec.status]
         self.array("committed")[r] = True
         self.clear_failure(r)
@@ -337,7 +349,7 @@ def create(
 ) -> Store:
     """Create a new store sized for ``recipe.population.runs`` runs.
 
-    ``layout``: ``{"n_train", "n_test", "num_classes", "input_shape", "num_params", "params"}``
+    ``layout``: ``{"n_train", "n_test", "num_classes", "input_shape", "num_params", "num_features", "params"}``
     where ``params`` is the flattened-weight layout (name, shape, start, end per tensor).
     ``targets``: the dataset's train and test labels, ``(N,)`` and ``(T,)``.
     """
@@ -345,7 +357,9 @@ def create(
     if path.exists() and any(path.iterdir()):
         raise StoreError(f"{path} exists and is not empty")
     R = recipe.population.runs
-    specs = array_specs(recipe, layout["n_train"], layout["n_test"], layout["num_classes"], layout["num_params"])
+    specs = array_specs(
+        recipe, layout["n_train"], layout["n_test"], layout["num_classes"], layout["num_params"], layout.get("num_features", 0)
+    )
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
     for name, (shape, dtype, fill) in specs.items():
         group.create_array(name, shape=(R, *shape), chunks=(1, *shape), dtype=dtype, fill_value=fill)
@@ -374,4 +388,78 @@ def grow(store: Store, recipe: Recipe, recipe_text: str, plan_columns: dict[str,
         arr.resize((R, *arr.shape[1:]))
     meta = dict(store.meta)
     meta.update(recipe_text=recipe_text, recipe=recipe.to_dict(), runs=plan_columns)
+    store._set_meta(meta)
+
+
+def create_imported(
+    path: str | os.PathLike,
+    dataset_name: str,
+    fingerprint: dict,
+    targets: tuple[np.ndarray, np.ndarray],
+    num_runs: int,
+    arrays: dict[str, tuple[tuple[int, ...], str, Any]],
+    source: dict,
+    num_classes: int,
+    input_shape: tuple[int, ...],
+) -> Store:
+    """A store for runs trained elsewhere (published populations).
+
+    ``arrays``: per-run shape, dtype and fill value of each array to create (``committed``,
+    ``status`` and ``summary`` are always added). Its recipe names only the dataset and the
+    number of runs; ``source`` (format, files, anything else worth keeping) is kept in the
+    store attributes. The importer writes the runs and commits them like a worker does.
+    """
+    path = Path(path)
+    if path.exists() and any(path.iterdir()):
+        raise StoreError(f"{path} exists and is not empty")
+    recipe = Recipe.from_dict(
+        {
+            "name": f"imported {source.get('format', 'population')}",
+            "data": {"dataset": dataset_name},
+            "population": {"runs": num_runs},
+            "record": {"logits": [], "metrics": False},
+        }
+    )
+    specs = {
+        "summary": ((len(SUMMARY_COLUMNS),), "float32", np.nan),
+        "status": ((), "int8", 0),
+        "committed": ((), "bool", False),
+        **arrays,
+    }
+    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    for name, (shape, dtype, fill) in specs.items():
+        group.create_array(name, shape=(num_runs, *shape), chunks=(1, *shape), dtype=dtype, fill_value=fill)
+    for split, y in zip(("train", "test"), targets):
+        group.create_array(f"dataset/y_{split}", data=np.asarray(y, dtype=np.int16))
+    n_train, n_test = len(targets[0]), len(targets[1])
+    group.attrs["manyruns"] = {
+        "format": FORMAT_VERSION,
+        "version": __version__,
+        "created": time.time(),
+        "recipe_text": f"# imported: {json.dumps(source)[:2000]}\n",
+        "recipe": recipe.to_dict(),
+        "dataset": fingerprint,
+        "data_dir": None,
+        "layout": {"n_train": n_train, "n_test": n_test, "num_classes": num_classes, "input_shape": list(input_shape), "num_params": 0, "params": []},
+        "arrays": sorted(specs),
+        "runs": {"seed": [0] * num_runs, "cell": [0] * num_runs, "subset": [1.0] * num_runs, "label_noise": [0.0] * num_runs, "inputs": ["none"] * num_runs},
+        "source": source,
+    }
+    return Store(path, group)
+
+
+def grow_imported(store: Store, num_runs: int, source: dict | None = None) -> None:
+    """Resize an imported store to ``num_runs`` runs (appending runs from more files)."""
+    for name in store.meta["arrays"]:
+        arr = store.array(name)
+        arr.resize((num_runs, *arr.shape[1:]))
+    meta = dict(store.meta)
+    recipe = dict(meta["recipe"])
+    recipe["population"] = {**recipe["population"], "runs": num_runs}
+    meta["recipe"] = recipe
+    old = meta["runs"]
+    extra = num_runs - len(old["seed"])
+    meta["runs"] = {k: list(v) + [v[0] if v else 0] * extra for k, v in old.items()}
+    if source is not None:
+        meta["source"] = source
     store._set_meta(meta)

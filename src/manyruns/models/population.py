@@ -193,12 +193,17 @@ class VmapPopulation(PopulationModule):
         self._template = [copy.deepcopy(models[0]).to("meta")]
         self.size = len(models)
 
-    def _vmapped(self, x: torch.Tensor, in_dims) -> torch.Tensor:
+    def _vmapped(self, x: torch.Tensor, in_dims, features: bool = False) -> torch.Tensor:
         from torch.func import functional_call, vmap
 
         template = self._template[0]
-        params = dict(zip(self._keys, self.stacked))
-        return vmap(lambda p, xi: functional_call(template, p, (xi,)), in_dims=(0, in_dims))(params, x)
+        module = _FeaturesOf(template) if features else template
+        prefix = "net." if features else ""
+        params = {prefix + k: p for k, p in zip(self._keys, self.stacked)}
+        return vmap(lambda p, xi: functional_call(module, p, (xi,)), in_dims=(0, in_dims))(params, x)
+
+    def features_shared(self, x: torch.Tensor) -> torch.Tensor:
+        return self._vmapped(x, None, features=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._vmapped(x, 0)
@@ -211,6 +216,17 @@ class VmapPopulation(PopulationModule):
 
     def run_parameters(self) -> list[dict[str, torch.Tensor]]:
         return [{k: p[g] for k, p in zip(self._keys, self.stacked)} for g in range(self.size)]
+
+
+class _FeaturesOf(nn.Module):
+    """A module whose forward is ``net.features`` (so that it can be called functionally)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.features(x)
 
 
 def choose_strategy(model_kind: str, device: torch.device, has_dropout: bool) -> str:

@@ -30,7 +30,8 @@ from .optim import lr_at, make_optimizer
 EVAL_BATCH = 1000
 
 EpochCallback = Callable[[int, list[int], np.ndarray], None]
-"""``on_epoch(epoch, run_indices, metrics)`` with ``metrics (G, 4)``: METRIC_COLUMNS."""
+"""``on_epoch(epoch, run_indices, metrics)`` with ``metrics (G, 4)``: METRIC_COLUMNS
+(epoch 0: at initialization, when recorded)."""
 
 
 @dataclass
@@ -44,10 +45,12 @@ class RunJob:
 
 
 @torch.no_grad()
-def predict_shared(pop: PopulationModule, x: torch.Tensor, batch: int = EVAL_BATCH) -> torch.Tensor:
-    """Logits ``(G, N, C)`` float32 of every network on the same inputs ``x (N, ...)``."""
+def predict_shared(pop: PopulationModule, x: torch.Tensor, batch: int = EVAL_BATCH, features: bool = False) -> torch.Tensor:
+    """Logits ``(G, N, C)`` float32 of every network on the same inputs ``x (N, ...)``
+    (with ``features``: penultimate-layer features ``(G, N, F)``)."""
     pop.eval()
-    return torch.cat([pop.forward_shared(x[i : i + batch]).float() for i in range(0, x.shape[0], batch)], dim=1)
+    fn = pop.features_shared if features else pop.forward_shared
+    return torch.cat([fn(x[i : i + batch]).float() for i in range(0, x.shape[0], batch)], dim=1)
 
 
 @torch.no_grad()
@@ -113,11 +116,23 @@ def train_group(
     x_source = data.train_inputs(torch.bfloat16 if low else torch.float32)
     steps_per_epoch = math.ceil(n / B)
 
-    metrics = torch.full((G, E, len(METRIC_COLUMNS)), float("nan"))
+    metrics = torch.full((G, E + 1, len(METRIC_COLUMNS)), float("nan"))  # row e: after epoch e
     weights = {0: pop.flat_weights().cpu()} if 0 in record.weights else {}
     true_prob = torch.full((G, E, labels.shape[1]), float("nan"), dtype=torch.float16, device=device) if record.true_prob else None
     diverged = torch.zeros(G, dtype=torch.bool)
     step = 0
+
+    def evaluate(epoch: int, train_loss: torch.Tensor | None = None, train_acc: torch.Tensor | None = None) -> None:
+        """Fill ``metrics[:, epoch]``; train metrics from an evaluation pass unless given."""
+        if train_loss is None or record.train_metrics == "eval":
+            train_loss, train_acc = loss_and_accuracy(predict_per_run(pop, data.x_train, subsets), labels.gather(1, subsets))
+        test_loss, test_acc = loss_and_accuracy(predict_shared(pop, data.x_test), data.y_test.expand(G, -1))
+        metrics[:, epoch] = torch.stack([train_loss, train_acc, test_loss, test_acc], 1).float().cpu()
+        if on_epoch is not None:
+            on_epoch(epoch, [r.index for r in runs], metrics[:, epoch].numpy())
+
+    if record.metrics_at_init:
+        evaluate(0)
 
     for epoch in range(1, E + 1):
         order = torch.stack([subsets[g][torch.from_numpy(rng.permutation(n)).to(device)] for g, rng in enumerate(order_rngs)])
@@ -157,17 +172,11 @@ def train_group(
                     p = out.softmax(-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
                     true_prob[:, epoch - 1].scatter_(1, idx, p.half())
 
-        train_loss, train_acc = loss_sum / n, correct / n
-        if record.train_metrics == "eval":
-            train_loss, train_acc = loss_and_accuracy(predict_per_run(pop, data.x_train, subsets), labels.gather(1, subsets))
         if record.metrics or on_epoch is not None:
-            test_loss, test_acc = loss_and_accuracy(predict_shared(pop, data.x_test), data.y_test.expand(G, -1))
-            metrics[:, epoch - 1] = torch.stack([train_loss, train_acc, test_loss, test_acc], 1).float().cpu()
+            evaluate(epoch, loss_sum / n, correct / n)
         if epoch in record.weights:
             weights[epoch] = pop.flat_weights().cpu()
         diverged |= ~torch.isfinite(loss_sum).cpu()
-        if on_epoch is not None:
-            on_epoch(epoch, [r.index for r in runs], metrics[:, epoch - 1].numpy())
         if diverged.all():
             break
 
@@ -176,6 +185,11 @@ def train_group(
     logits_train = predict_shared(pop, data.x_train)  # (G, N, C)
     logits_test = predict_shared(pop, data.x_test)  # (G, T, C)
     diverged |= ~torch.isfinite(logits_train).all(dim=(1, 2)).cpu() | ~torch.isfinite(logits_test).all(dim=(1, 2)).cpu()
+    keeps_features = [r.index < record.features for r in runs]
+    features_train = features_test = None
+    if any(keeps_features):
+        features_train = predict_shared(pop, data.x_train, features=True)  # (G, N, F)
+        features_test = predict_shared(pop, data.x_test, features=True)
     seconds = (time.perf_counter() - t0) / G
 
     # Accuracies from the float16 logits that the store keeps, so the runs table agrees with
@@ -203,6 +217,8 @@ def train_group(
                 logits_test=logits_test[g].cpu().numpy().astype(np.float16),
                 weights={e: w[g].numpy() for e, w in weights.items()},
                 true_prob=true_prob[g].cpu().numpy() if true_prob is not None else None,
+                features_train=features_train[g].cpu().numpy().astype(np.float16) if keeps_features[g] else None,
+                features_test=features_test[g].cpu().numpy().astype(np.float16) if keeps_features[g] else None,
             )
         )
     return records

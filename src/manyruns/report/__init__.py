@@ -1,0 +1,1 @@
+"""Figures: image grids and plots written as PNG files."""
