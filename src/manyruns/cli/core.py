@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -49,7 +51,11 @@ def train(
     except KeyboardInterrupt:
         left = api.status(store)
         typer.echo(f"interrupted: {left['committed']} of {left['planned']} runs committed; `manyruns train {store}` resumes", err=True)
-        raise typer.Exit(130)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # The worker processes are gone; leave without the interpreter's exit-time joins of the
+        # pool's threads and pipes, which can wait on a dead worker. Committed runs are on disk.
+        os._exit(130)
     done = report.trained + report.diverged
     line = f"trained {done} runs ({report.diverged} diverged, {len(report.failed)} failed) in {report.seconds:.1f} s"
     if done:

@@ -60,6 +60,8 @@ class LocalExecutor(Executor):
                 if p.is_alive():
                     os.kill(p.pid, signal.SIGTERM)
             for p in processes:
-                p.join(timeout=10)
+                p.join(timeout=5)
+                if p.is_alive():
+                    p.kill()
         else:
             self._pool.shutdown(wait=True)
