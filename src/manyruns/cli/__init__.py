@@ -21,6 +21,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Train populations of neural networks and compute statistics over them.",
 )
+import_app = typer.Typer(no_args_is_help=True, help="Read populations published in other formats into a store.")
+export_app = typer.Typer(no_args_is_help=True, help="Write a store in a published population format.")
+app.add_typer(import_app, name="import")
+app.add_typer(export_app, name="export")
 
 
 def fail(message: str, code: int) -> None:
