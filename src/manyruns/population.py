@@ -87,14 +87,15 @@ class Population:
         cols = self.store.meta["runs"]
         table = pd.DataFrame(cols)
         table.index.name = "run"
-        codes = self.store.status_codes()
+        committed = self.committed
+        codes = self.store.status_codes(committed)
         status = np.array([STATUS_NAMES[int(c)] for c in codes], dtype=object)
         failed = self.store.failures()
         for r in failed:
             if codes[r] == 0:
                 status[r] = "failed"
         table["status"] = status
-        summary = self.store.summary()
+        summary = self.store.summary(committed)
         for j, name in enumerate(SUMMARY_COLUMNS):
             table[name] = summary[:, j]
         return table

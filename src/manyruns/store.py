@@ -122,6 +122,7 @@ class Store:
         self.path = path
         self.group = group
         self._arrays: dict[str, zarr.Array] = {}
+        self._prefix = f"{group.path}/" if group.path else ""
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -177,18 +178,43 @@ class Store:
     # -- reading state -----------------------------------------------------------------------
 
     def committed(self) -> np.ndarray:
-        """``(R,) bool``: the commit markers."""
-        return np.asarray(self.array("committed")[:], dtype=bool)
+        """``(R,) bool``: the commit markers.
 
-    def status_codes(self) -> np.ndarray:
-        """``(R,) int8``: 0 pending, 1 ok, 2 diverged (meaningful where committed)."""
-        return np.where(self.committed(), self.array("status")[:], 0).astype(np.int8)
+        A marker chunk exists exactly when it is True (zarr does not store chunks equal to the
+        fill value, and deletes them when overwritten with it), so listing the chunk keys
+        answers without reading one file per run (0.25 ms each).
+        """
+        from zarr.core.sync import sync
 
-    def summary(self) -> np.ndarray:
+        async def keys() -> list[str]:
+            return [k async for k in self.group.store.list_prefix(f"{self._prefix}committed/c/")]
+
+        marks = np.zeros(self.num_runs, dtype=bool)
+        try:
+            found = [int(k.rsplit("/", 1)[1]) for k in sync(keys())]
+        except (ValueError, NotImplementedError):  # an unexpected key layout: read the array
+            return np.asarray(self.array("committed")[:], dtype=bool)
+        found = [r for r in found if r < self.num_runs]
+        marks[found] = True
+        return marks
+
+    def _committed_rows(self, name: str, fill, committed: np.ndarray | None = None) -> np.ndarray:
+        """Array ``name`` with the rows of committed runs read and ``fill`` elsewhere."""
+        committed = self.committed() if committed is None else committed
+        arr = self.array(name)
+        out = np.full((self.num_runs, *arr.shape[1:]), fill, dtype=arr.dtype)
+        idx = np.flatnonzero(committed)
+        if idx.size:
+            out[idx] = arr.oindex[idx]
+        return out
+
+    def status_codes(self, committed: np.ndarray | None = None) -> np.ndarray:
+        """``(R,) int8``: 0 pending, 1 ok, 2 diverged."""
+        return self._committed_rows("status", 0, committed).astype(np.int8)
+
+    def summary(self, committed: np.ndarray | None = None) -> np.ndarray:
         """``(R, 6) float32`` (SUMMARY_COLUMNS); NaN rows for runs not committed."""
-        s = np.asarray(self.array("summary")[:], dtype=np.float32)
-        s[~self.committed()] = np.nan
-        return s
+        return self._committed_rows("summary", np.nan, committed).astype(np.float32)
 
     # -- writing a run ------------------------------------------------------------------------
 
