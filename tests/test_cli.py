@@ -63,7 +63,7 @@ def test_plan_train_status_json_and_log_epochs(tmp_path):
     result = run("train", str(store), "--workers", "1", "--log-epochs", "--quiet")
     assert result.returncode == 0, result.stderr
     lines = [l for l in result.stdout.splitlines() if l.startswith("run ")]
-    assert len(lines) == 3 * 3  # one line per epoch per run
+    assert len(lines) == 3 * (3 + 1)  # one line per epoch per run, and epoch 000 (weights at 0 are kept)
     pattern = re.compile(r"run +\d+ (\d{3}): Acc-tr: +[\d.]+, Acc-val: +[\d.]+, L-tr: [\d.]+, L-val: [\d.]+")
     assert all(pattern.fullmatch(l) for l in lines), lines[:2]
     assert "trained 3 runs" in result.stdout

@@ -1,0 +1,1 @@
+"""Readers and writers of published population formats (one module per format)."""
