@@ -443,7 +443,7 @@ def _as_recipe_error(exc: pydantic.ValidationError, source: str | None, data: di
     elif field.startswith("population.sweep.") and kind in ("model_type", "dict_type", "model_attributes_type"):
         msg = f"field '{field}': a sweep entry is one of {{choice = [...]}}, {{uniform = [low, high]}}, {{log_uniform = [low, high]}}"
     else:
-        msg = f"field '{field}': {err['msg']}"
+        msg = f"field '{field}': {err['msg'].removeprefix('Value error, ')}"
         if "input" in err and kind not in ("value_error", "assertion_error") and not isinstance(err["input"], dict):
             msg += f" (got {err['input']!r})"
     return RecipeError(msg, field=field, source=source)
