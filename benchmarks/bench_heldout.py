@@ -1,0 +1,326 @@
+"""Held-out statistics at scale: memorization and influence (top-k and pairs) on synthetic masks
+and correctness, against the floor and against a straightforward dense implementation.
+
+Synthetic population: ``--runs`` runs (default 2,000), each trained on a random 70% of
+``--train`` examples (default 60,000) and scored on ``--test`` examples (default 10,000).
+Example difficulty ``d ~ Beta(0.3, 3)``; a run gets a held-out example right with probability
+``1 - d``, an example it trained on with ``1 - d / 10``, a test example with ``1 - d``. Blocks of
+runs are generated on the fly (each run from its own seeds), so nothing holds all runs;
+generating them plays the part of reading a store and is timed separately ('read').
+
+Measured, each in a fresh process (so that its peak resident memory is its own):
+
+* ``memorization``: the streaming estimator (membership sums, split halves, labels);
+* ``influence``: the streaming estimator with the top ``--top`` influencers per test example
+  and the pairs above the published thresholds, for each ``--precisions`` entry;
+* ``dense``: the straightforward implementation, with every run's float32 masks and
+  correctness in memory, memorization as masked means, influence as two float32 matrix
+  products (in and out), top-k by ``argpartition``, pairs by comparison; its results are
+  checked against the streaming ones;
+* ``memory``: the influence estimator's peak memory at ``--memory-runs`` runs with a fixed block
+  size, to show it does not grow with the number of runs.
+
+Floors, from rates measured in the same run with all cores: influence, the main product's
+``2 R T N`` operations over the GEMM rate of the precision used (4096^3 products); memorization,
+which is no matrix product, the bytes of masks and correctness (1 byte per run and example
+each) over the measured memory-read bandwidth.
+
+    python benchmarks/bench_heldout.py [--runs 2000 --train 60000 --test 10000]
+        [--precisions int8,bfloat16,float32] [--skip-dense] [--memory-runs 1000,2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, gemm_rate, machine  # noqa: E402
+
+from manyruns.analysis.heldout import HeldoutBlock, NoHeldoutRunsError, memorization_from_source  # noqa: E402
+from manyruns.analysis import influence as influence_module  # noqa: E402
+from manyruns.analysis.influence import influence_from_source  # noqa: E402
+
+RATIO = 0.7
+CLASSES = 10
+
+
+class SyntheticSource:
+    """A source of held-out blocks generated from seeds (see the module docstring); it has
+    what the streaming estimators ask of a store-backed source."""
+
+    value = "correct"
+    binary = True
+
+    def __init__(self, runs: int, n_train: int, n_test: int, seed: int = 0):
+        self.runs = np.arange(runs)
+        self.n_train, self.n_test = n_train, n_test
+        self.where = f"synthetic({runs} x {n_train} x {n_test})"
+        rng = np.random.default_rng(seed)
+        self.difficulty_train = torch.from_numpy(rng.beta(0.3, 3.0, n_train).astype(np.float32))
+        self.difficulty_test = torch.from_numpy(rng.beta(0.3, 3.0, n_test).astype(np.float32))
+        self.y_train = rng.integers(0, CLASSES, n_train)
+        self.y_test = rng.integers(0, CLASSES, n_test)
+        self.seed = seed
+
+    def cells(self) -> np.ndarray:
+        return np.zeros(self.runs.size, dtype=np.int64)
+
+    def subset_ratios(self) -> np.ndarray:
+        return np.full(self.runs.size, RATIO)
+
+    def check_held_out(self) -> None:
+        if self.runs.size == 0:
+            raise NoHeldoutRunsError("no runs")
+
+    def require(self, split: str) -> None:
+        pass
+
+    def dataset_labels(self) -> np.ndarray:
+        return self.y_train
+
+    def blocks(self, block_size: int = 128, train: bool = True, test: bool = False, runs=None):
+        idx = self.runs if runs is None else np.asarray(runs)
+        for start in range(0, idx.size, block_size):
+            block = idx[start : start + block_size]
+            yield self._block(block, train, test)
+
+    def _block(self, runs: np.ndarray, train: bool, test: bool) -> HeldoutBlock:
+        """Run ``r``'s arrays depend on ``r`` only (one generator per run and array), so blocks
+        of any size and passes that skip the training values see the same data."""
+        b = runs.size
+        mask = np.empty((b, self.n_train), dtype=bool)
+        train_values = np.empty((b, self.n_train), dtype=bool) if train else None
+        test_values = np.empty((b, self.n_test), dtype=bool) if test else None
+        for k, r in enumerate(runs):
+            base = (self.seed * 1_000_003 + int(r)) * 3
+            m = torch.rand(self.n_train, generator=torch.Generator().manual_seed(base)) < RATIO
+            mask[k] = m.numpy()
+            if train:
+                p = torch.where(m, 1 - self.difficulty_train / 10, 1 - self.difficulty_train)
+                train_values[k] = (torch.rand(self.n_train, generator=torch.Generator().manual_seed(base + 1)) < p).numpy()
+            if test:
+                u = torch.rand(self.n_test, generator=torch.Generator().manual_seed(base + 2))
+                test_values[k] = (u < 1 - self.difficulty_test).numpy()
+        labels = np.broadcast_to(self.y_train.astype(np.int16), (b, self.n_train)) if train else None
+        return HeldoutBlock(runs, mask, labels, train_values, test_values)
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory (VmHWM; unlike ru_maxrss, not inherited from the
+    parent across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def int8_rate(n: int = 4096, seconds: float = 2.0) -> float:
+    a = torch.randint(0, 2, (n, n), dtype=torch.int8)
+    b = torch.randint(0, 2, (n, n), dtype=torch.int8)
+    out = torch.empty(n, n, dtype=torch.int32)
+    for _ in range(2):
+        torch._int_mm(a, b, out=out)
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        torch._int_mm(a, b, out=out)
+        reps += 1
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def read_bandwidth(gb: float = 1.0) -> float:
+    """Bytes per second of one read-only pass (a sum) over a large array, all cores."""
+    x = np.ones(int(gb * 2**30) // 8, dtype=np.float64)
+    x.sum()
+    t0 = time.perf_counter()
+    x.sum()
+    return x.nbytes / (time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+def work_memorization(args) -> dict:
+    source = SyntheticSource(args.runs, args.train, args.test)
+    read = _generation_seconds(source, args.block_size, train=True, test=False)
+    t0 = time.perf_counter()
+    result = memorization_from_source(source, args.block_size)
+    total = time.perf_counter() - t0
+    return {"seconds_total": total, "seconds_read": read, "seconds": total - read, "peak_rss_gb": peak_rss_gb(), "mean_mem": float(np.nanmean(result.estimate))}
+
+
+def _generation_seconds(source, block_size, train, test) -> float:
+    t0 = time.perf_counter()
+    for _ in source.blocks(block_size, train=train, test=test):
+        pass
+    return time.perf_counter() - t0
+
+
+def work_influence(args) -> dict:
+    source = SyntheticSource(args.runs, args.train, args.test)
+    profile: dict = {}
+    t0 = time.perf_counter()
+    result = influence_from_source(source, top=args.top, block_size=args.block_size, max_block_bytes=int(args.max_memory_gb * 2**30), precision=args.precision, profile=profile)
+    total = time.perf_counter() - t0
+    out = {
+        "precision": args.precision,
+        "seconds_total": total,
+        "seconds_read": profile.get("read", 0.0),
+        "seconds": total - profile.get("read", 0.0),
+        "profile": profile,
+        "passes": result.params["passes"],
+        "block_size": args.block_size,
+        "pairs": int(len(result.pairs)),
+        "pairs_found": result.params["pairs_found"],
+        "varying_test_rows": result.params["varying_test_rows"],
+        "column_width": result.params["column_width"],
+        "peak_rss_gb": peak_rss_gb(),
+    }
+    if args.save:
+        np.savez(args.save, top_index=result.top_index, top_value=result.top_value, mem=result.memorization.estimate, pairs_train=result.pairs.train_index.to_numpy(), pairs_test=result.pairs.test_index.to_numpy())
+    return out
+
+
+def work_dense(args) -> dict:
+    """The straightforward implementation: everything in memory, two float32 products."""
+    source = SyntheticSource(args.runs, args.train, args.test)
+    blocks = list(source.blocks(args.block_size, train=True, test=True))
+    mask = np.concatenate([b.mask for b in blocks]).astype(np.float32)
+    correct_train = np.concatenate([b.train for b in blocks]).astype(np.float32)
+    correct_test = np.concatenate([b.test for b in blocks]).astype(np.float32)
+    del blocks
+    t0 = time.perf_counter()
+    n_in = mask.sum(0)
+    n_out = mask.shape[0] - n_in
+    mem = (correct_train * mask).sum(0) / n_in - (correct_train * (1 - mask)).sum(0) / n_out
+    t_mem = time.perf_counter() - t0
+    infl = (correct_test.T @ mask) / n_in - (correct_test.T @ (1 - mask)) / n_out  # (T, N)
+    top = np.argpartition(-infl, args.top, axis=1)[:, : args.top]
+    top_value = np.take_along_axis(infl, top, 1)
+    hit = (infl >= 0.15) & (mem >= 0.25)[None, :] & (source.y_test[:, None] == source.y_train[None, :])
+    pairs_test, pairs_train = np.nonzero(hit)
+    total = time.perf_counter() - t0
+    out = {"seconds": total, "seconds_memorization": t_mem, "seconds_influence": total - t_mem, "pairs": int(pairs_test.size), "peak_rss_gb": peak_rss_gb()}
+    if args.compare:
+        ref = np.load(args.compare)
+        out["pairs_agree"] = bool(set(zip(pairs_train.tolist(), pairs_test.tolist())) == set(zip(ref["pairs_train"].tolist(), ref["pairs_test"].tolist())))
+        best = np.sort(top_value, 1)[:, ::-1]
+        out["top_values_max_abs_diff"] = float(np.nanmax(np.abs(best - ref["top_value"])))
+        out["mem_max_abs_diff"] = float(np.nanmax(np.abs(mem - ref["mem"])))
+    return out
+
+
+WORKERS = {"memorization": work_memorization, "influence": work_influence, "dense": work_dense}
+
+
+def run_worker(kind: str, args, **extra) -> dict:
+    cmd = [sys.executable, __file__, "--worker", kind, "--runs", str(extra.get("runs", args.runs)), "--train", str(args.train), "--test", str(args.test),
+           "--top", str(args.top), "--block-size", str(extra.get("block_size", args.block_size)), "--max-memory-gb", str(args.max_memory_gb),
+           "--precision", extra.get("precision", "auto"), "--threads", str(args.threads)]
+    if args.finish_tile_elements:
+        cmd += ["--finish-tile-elements", str(args.finish_tile_elements)]
+    for key in ("save", "compare"):
+        if extra.get(key):
+            cmd += [f"--{key}", str(extra[key])]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"{kind} worker failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=2000)
+    parser.add_argument("--train", type=int, default=60000)
+    parser.add_argument("--test", type=int, default=10000)
+    parser.add_argument("--top", type=int, default=10)
+    parser.add_argument("--block-size", type=int, default=2048, help="runs per block (the products' inner dimension)")
+    parser.add_argument("--max-memory-gb", type=float, default=1.0, help="accumulator memory per column block of train examples")
+    parser.add_argument("--precisions", default="int8,bfloat16,float32")
+    parser.add_argument("--skip-dense", action="store_true")
+    parser.add_argument("--memory-runs", default="1000,2000", help="run counts for the memory check (block size: the smallest)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    parser.add_argument("--finish-tile-elements", type=int, default=None, help="entries turned into influence at a time (default: the module's)")
+    parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "heldout.json")
+    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
+    parser.add_argument("--save", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--compare", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads is None:
+        args.threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    if args.finish_tile_elements:
+        influence_module.FINISH_TILE_ELEMENTS = args.finish_tile_elements
+    if args.worker:
+        print(json.dumps(WORKERS[args.worker](args)))
+        return
+
+    R, N, T = args.runs, args.train, args.test
+    info = machine()
+    print(f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}", flush=True)
+    rates = {"int8": int8_rate(), "bfloat16": gemm_rate(torch.bfloat16), "float32": gemm_rate(torch.float32)}
+    bandwidth = read_bandwidth()
+    print("GEMM rates (GFLOP/s): " + ", ".join(f"{k} {v / 1e9:,.0f}" for k, v in rates.items()) + f"; read bandwidth {bandwidth / 1e9:.1f} GB/s", flush=True)
+    results: dict = {"machine": info, "threads": args.threads, "finish_tile_elements": influence_module.FINISH_TILE_ELEMENTS, "runs": R, "train": N, "test": T, "top": args.top, "block_size": args.block_size,
+                     "max_memory_gb": args.max_memory_gb, "gemm_rate": rates, "read_bandwidth": bandwidth}
+
+    mem = run_worker("memorization", args)
+    mem["floor_seconds"] = 2 * R * N / bandwidth
+    results["memorization"] = mem
+    print(f"memorization: {mem['seconds']:.2f} s (+{mem['seconds_read']:.2f} s generating blocks); floor {mem['floor_seconds']:.2f} s; peak {mem['peak_rss_gb']:.2f} GB", flush=True)
+
+    product_ops = 2 * R * T * N
+    results["influence"] = {}
+    saved = None
+    with_tmp = Path(args.json).with_suffix(".influence.npz")
+    for precision in [p for p in args.precisions.split(",") if p]:
+        save = with_tmp if saved is None else None
+        res = run_worker("influence", args, precision=precision, save=save)
+        saved = saved or save
+        res["floor_seconds"] = product_ops / rates[precision]
+        res["vs_floor"] = res["seconds"] / res["floor_seconds"]
+        # the products actually needed: every test row in the first pass, then only the rows
+        # whose value varies between runs (the others have influence 0 everywhere)
+        first = min(res["column_width"], N)
+        needed = 2 * R * (T * first + res["varying_test_rows"] * (N - first))
+        res["floor_seconds_rows_multiplied"] = needed / rates[precision]
+        results["influence"][precision] = res
+        prof = ", ".join(f"{k} {v:.2f}" for k, v in res["profile"].items())
+        print(f"influence [{precision}]: {res['seconds']:.2f} s (+{res['seconds_read']:.2f} s generating); floor {res['floor_seconds']:.2f} s "
+              f"({res['vs_floor']:.2f}x; {res['floor_seconds_rows_multiplied']:.2f} s for the {res['varying_test_rows']:,} varying test rows after the first pass); "
+              f"{res['passes']} passes; {res['pairs']} pairs; peak {res['peak_rss_gb']:.2f} GB; [{prof}]", flush=True)
+
+    if not args.skip_dense:
+        dense = run_worker("dense", args, compare=saved)
+        results["dense"] = dense
+        print(f"dense: {dense['seconds']:.2f} s (memorization {dense['seconds_memorization']:.2f}, influence {dense['seconds_influence']:.2f}); "
+              f"peak {dense['peak_rss_gb']:.2f} GB; pairs agree: {dense.get('pairs_agree')}; top values max diff {dense.get('top_values_max_abs_diff')}", flush=True)
+
+    counts = sorted(int(x) for x in args.memory_runs.split(",") if x)
+    if counts:
+        block = counts[0]
+        results["memory"] = {"block_size": block, "peak_rss_gb": {}}
+        for runs in counts:
+            res = run_worker("influence", args, runs=runs, block_size=block)
+            results["memory"]["peak_rss_gb"][str(runs)] = res["peak_rss_gb"]
+            print(f"memory: influence with {runs} runs in blocks of {block}: peak {res['peak_rss_gb']:.2f} GB ({res['seconds']:.1f} s)", flush=True)
+
+    if saved is not None:
+        Path(saved).unlink(missing_ok=True)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2, default=float))
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
