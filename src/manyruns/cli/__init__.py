@@ -66,3 +66,4 @@ from . import core  # noqa: E402,F401  (registers the commands)
 from . import kernel  # noqa: E402,F401
 from . import zoo  # noqa: E402,F401
 from . import heldout  # noqa: E402,F401
+from . import randomization  # noqa: E402,F401

@@ -1,0 +1,241 @@
+"""Min-norm RBF interpolation: packed storage, blockwise products, exact and CG solvers, checked
+against dense numpy/scipy computations; bad input refused before any heavy work."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import scipy.linalg
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.linalg import lapack
+from scipy.spatial.distance import cdist
+from typer.testing import CliRunner
+
+from manyruns.analysis.interpolation import (
+    BlockJacobi,
+    PackedKernel,
+    check_request,
+    cluster_blocks,
+    interpolate,
+    interpolate_dataset,
+    kernel_matmul,
+    kernel_matrix,
+    memory_plan,
+    pixels,
+    solve_cg,
+    solve_exact,
+)
+from manyruns.cli import app
+from manyruns.data import load_dataset
+
+
+def dense_kernel(a: np.ndarray, b: np.ndarray, bandwidth: float) -> np.ndarray:
+    """The kernel the straightforward way: scipy's pairwise squared distances."""
+    return np.exp(-bandwidth * cdist(a, b, "sqeuclidean"))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    data = load_dataset("digits")
+    return pixels(data.x_train), data.y_train, pixels(data.x_test), data.y_test
+
+
+def random_points(n: int, d: int = 6, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, d))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 8, 9, 40, 41])
+def test_packed_kernel_is_lapacks_rectangular_full_packed_form(n):
+    x = random_points(n)
+    dense = dense_kernel(x, x, 0.7)
+    expected, info = lapack.dtrttf(np.asfortranarray(dense), transr="N", uplo="L")
+    assert info == 0
+    packed = PackedKernel.build(x, 0.7, block_bytes=5 * 8 * n)  # a few rows per block
+    np.testing.assert_allclose(packed.data, expected, rtol=0, atol=1e-14)
+    np.testing.assert_allclose(packed.to_dense(), dense, rtol=0, atol=1e-14)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 37),
+    rows_per_block=st.integers(1, 40),
+    leaf=st.integers(1, 40),
+    columns=st.integers(1, 4),
+    seed=st.integers(0, 1000),
+)
+def test_blockwise_products_equal_the_dense_product(n, rows_per_block, leaf, columns, seed):
+    """Block and leaf sizes change nothing: packed, on-the-fly and full-matrix products."""
+    x = random_points(n, seed=seed)
+    other = random_points(5, seed=seed + 1)
+    v = np.random.default_rng(seed).standard_normal((n, columns))
+    dense = dense_kernel(x, x, 0.3)
+    expected = dense @ v
+    bytes_ = rows_per_block * n * 8
+    np.testing.assert_allclose(PackedKernel.build(x, 0.3, block_bytes=bytes_).matmul(v, leaf=leaf), expected, atol=1e-12)
+    np.testing.assert_allclose(kernel_matmul(x, None, v, 0.3, block_bytes=bytes_), expected, atol=1e-12)
+    np.testing.assert_allclose(kernel_matmul(other, x, v, 0.3, block_bytes=bytes_), dense_kernel(other, x, 0.3) @ v, atol=1e-12)
+    full = kernel_matrix(x, 0.3, np.float64, block_bytes=bytes_)
+    np.testing.assert_array_equal(full, full.T)
+    np.testing.assert_allclose(full, dense, atol=1e-14)
+
+
+def test_exact_solver_matches_a_dense_solve_and_interpolates(digits):
+    x, y, xt, yt = digits
+    x, y = x[:400], y[:400]
+    targets = np.eye(10)[y]
+    alpha, _ = solve_exact(x, targets, 0.05)
+    reference = scipy.linalg.solve(dense_kernel(x, x, 0.05), targets, assume_a="pos")
+    np.testing.assert_allclose(alpha, reference, rtol=1e-6, atol=1e-6 * np.abs(reference).max())
+    # training points are interpolated: predictions equal the targets, hence the labels
+    fitted = dense_kernel(x, x, 0.05) @ alpha
+    np.testing.assert_allclose(fitted, targets, atol=1e-7)
+    np.testing.assert_array_equal(fitted.argmax(1), y)
+
+
+def test_interpolation_on_digits_matches_the_published_computation(digits):
+    """The whole bundled digits split: a dense float64 solve of K alpha = Y as in the published
+    MNIST snippet, against the packed solver end to end."""
+    x, y, xt, yt = digits
+    bandwidth = 0.02
+    targets = np.eye(10)[y]
+    coefficients = scipy.linalg.solve(dense_kernel(x, x, bandwidth), targets)
+    predictions = (dense_kernel(xt, x, bandwidth) @ coefficients).argmax(1)
+    result = interpolate_dataset("digits", bandwidth, "exact")
+    assert result.n_train == len(x) and result.n_test == len(xt)
+    assert result.test_error == pytest.approx(np.mean(predictions != yt), abs=0.5 / len(yt))
+    assert result.train_error == 0.0
+    assert result.residual < 1e-8
+    assert result.seconds > 0 and result.peak_memory_bytes > 0
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"preconditioner": "none", "matrix": "packed"},
+        {"preconditioner": "block-jacobi", "block_size": 90, "matrix": "packed"},
+        {"preconditioner": "block-jacobi", "block_size": 90, "matrix": "on-the-fly"},
+    ],
+)
+def test_cg_agrees_with_the_exact_solver(digits, options):
+    """A well-conditioned problem (larger bandwidth, 300 points): CG reaches the exact solution."""
+    x, y, xt, yt = digits
+    x, y = x[:300], y[:300]
+    targets = np.eye(10)[y]
+    exact, _ = solve_exact(x, targets, 0.3)
+    alpha, info = solve_cg(x, targets, 0.3, tol=1e-10, max_iter=1000, **options)
+    assert info.converged and info.matrix_mode == options["matrix"]
+    assert np.linalg.norm(alpha - exact) / np.linalg.norm(exact) < 1e-6
+    np.testing.assert_array_equal(kernel_matmul(xt, x, alpha, 0.3).argmax(1), kernel_matmul(xt, x, exact, 0.3).argmax(1))
+    # the residual the recursion reports is the true one
+    true_residual = np.linalg.norm(targets - dense_kernel(x, x, 0.3) @ alpha) / np.linalg.norm(targets)
+    assert true_residual == pytest.approx(info.recursive_residual, rel=1e-3, abs=1e-11)
+
+
+def test_block_jacobi_inverts_each_block_and_blocks_partition_the_points():
+    x = random_points(230, d=4)
+    blocks = cluster_blocks(x, 50)
+    assert all(b.size <= 50 for b in blocks)
+    np.testing.assert_array_equal(np.sort(np.concatenate(blocks)), np.arange(230))
+    precondition = BlockJacobi(x, 2.0, blocks)
+    r = np.random.default_rng(1).standard_normal((230, 3))
+    z = precondition(r)
+    for idx in blocks:
+        np.testing.assert_allclose(dense_kernel(x[idx], x[idx], 2.0) @ z[idx], r[idx], atol=1e-8)
+
+
+def test_cg_reports_the_true_residual_when_stopped_early(digits):
+    x, y, _, _ = digits
+    x, y = x[:300], y[:300]
+    targets = np.eye(10)[y]
+    alpha, info = solve_cg(x, targets, 0.02, tol=1e-12, max_iter=3, preconditioner="none")
+    assert info.iterations == 3 and not info.converged
+    true_residual = np.linalg.norm(targets - dense_kernel(x, x, 0.02) @ alpha) / np.linalg.norm(targets)
+    assert true_residual == pytest.approx(info.recursive_residual, rel=1e-6)
+    assert true_residual > 1e-6
+
+
+def test_float32_packed_solve_is_close_on_a_well_conditioned_problem(digits):
+    x, y, xt, yt = digits
+    x = x[:200]
+    targets = np.eye(10)[y[:200]]
+    a64, _ = solve_exact(x, targets, 0.5)
+    a32, _ = solve_exact(x, targets, 0.5, precision="float32")
+    assert np.linalg.norm(a32 - a64) / np.linalg.norm(a64) < 1e-3
+
+
+def test_interpolate_takes_subsets_in_order(digits):
+    x, y, xt, yt = digits
+    result = interpolate_dataset("digits", 0.1, "exact", subset=150)
+    direct = interpolate(x[:150], y[:150], xt, yt, 0.1, "exact", classes=10)
+    assert result.n_train == 150 and result.test_error == direct.test_error
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize("bandwidth", [0.0, -0.02, float("nan"), float("inf")])
+def test_bandwidth_must_be_positive(bandwidth):
+    with pytest.raises(ValueError, match="bandwidth must be a positive number"):
+        interpolate_dataset("digits", bandwidth)
+
+
+def test_a_matrix_that_does_not_fit_is_refused_with_the_memory_it_needs():
+    # 60,000 MNIST-sized points: the packed float64 matrix is 14.4 GB; refused at 8 GB without
+    # touching any data.
+    with pytest.raises(ValueError) as err:
+        check_request(60_000, 10_000, 784, 10, 0.02, "exact", memory_limit=8 * 10**9)
+    message = str(err.value)
+    assert "needs about 15." in message and "14.4 GB" in message and "8.0 GB is available" in message
+    assert "\n" not in message
+    plan = memory_plan(60_000, 10_000, 784, 10, "exact")
+    assert plan.matrix == 60_000 * 60_001 // 2 * 8
+    assert memory_plan(60_000, 10_000, 784, 10, "exact", precision="float32").matrix == plan.matrix // 2
+    # CG falls back to products computed on the fly when the matrix does not fit
+    assert memory_plan(60_000, 10_000, 784, 10, "cg", available=8 * 10**9).matrix_mode == "on-the-fly"
+    assert memory_plan(60_000, 10_000, 784, 10, "cg", available=64 * 10**9).matrix_mode == "packed"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"subset": 0}, "--subset must be at least 1"),
+        ({"subset": 5000}, "exceeds the 1,438 training examples"),
+        ({"solver": "lu"}, "--solver must be one of exact, cg"),
+        ({"precision": "float16"}, "--precision must be one of"),
+        ({"tol": 0.0}, "--tol must be positive"),
+        ({"matrix": "dense"}, "--matrix must be one of"),
+    ],
+)
+def test_bad_options_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        interpolate_dataset("digits", 0.02, **kwargs)
+
+
+# -------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_interpolate_json_and_errors():
+    runner = CliRunner()
+    out = runner.invoke(app, ["interpolate", "--dataset", "digits", "--subset", "200", "--bandwidth", "0.05", "--json"])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.stdout)
+    for key in ("test_error", "n_train", "seconds", "residual", "peak_memory_bytes", "train_error"):
+        assert key in result
+    assert result["n_train"] == 200 and 0 <= result["test_error"] <= 1 and result["train_error"] == 0.0
+
+    out = runner.invoke(app, ["interpolate", "--dataset", "digits", "--subset", "200", "--solver", "cg", "--bandwidth", "0.3"])
+    assert out.exit_code == 0, out.output
+    assert "CG:" in out.stdout and "iterations" in out.stdout and "relative residual" in out.stdout
+
+    out = runner.invoke(app, ["interpolate", "--dataset", "digits", "--bandwidth", "0"])
+    assert out.exit_code == 1 and out.stderr.strip() == "error: --bandwidth must be a positive number, got 0.0"
+
+    out = runner.invoke(app, ["interpolate", "--dataset", "digits", "--memory-limit", "0.001"])
+    assert out.exit_code == 1
+    assert "needs about" in out.stderr and "1.0 MB is available" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+    out = runner.invoke(app, ["interpolate", "--dataset", "digits", "--kernel", "laplace"])
+    assert out.exit_code == 1 and "only rbf" in out.stderr
