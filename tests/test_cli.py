@@ -83,6 +83,12 @@ def test_demo_and_its_recipe_make_the_same_population(tmp_path):
     assert summary["runs"] >= 64
     assert 0.85 < summary["mean_accuracy"] < 1.0 and summary["ensemble_accuracy"] >= summary["mean_accuracy"] - 0.01
     assert summary["seconds"] < 180
+    assert 0.85 < summary["knn_accuracy"] <= 1.0
+    mem = summary["memorization"]
+    assert mem["runs"] == summary["runs"] and mem["examples"] == 1438
+    stored = manyruns.open(out).store.group["analysis/memorization/estimate"][:]
+    assert [t["index"] for t in mem["top"]][0] == int(np.nanargmax(stored))
+    assert mem["top"][0]["mem"] == float(np.nanmax(stored))
     assert json.loads(run("status", str(out), "--json").stdout)["committed"] == summary["runs"]
     # `plan` + `train` of examples/demo.toml reproduces the demo's population exactly
     again = tmp_path / "again"

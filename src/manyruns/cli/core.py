@@ -110,5 +110,9 @@ def demo(
     typer.echo(f"\nmanyruns demo: {summary['runs']} runs of an MLP on digits (50% random subsets) in {out}")
     typer.echo(f"  single-run test accuracy: {100 * summary['mean_accuracy']:.2f}% +- {100 * summary['std_accuracy']:.2f} (mean +- std)")
     typer.echo(f"  ensemble test accuracy:   {100 * summary['ensemble_accuracy']:.2f}% (averaged logits of all runs)")
+    typer.echo(f"  3-NN test accuracy:       {100 * summary['knn_accuracy']:.2f}% (correlation kernel across runs)")
+    mem = summary["memorization"]
+    top = ", ".join(f"#{t['index']} (label {t['label']}, {t['mem']:.2f})" for t in mem["top"])
+    typer.echo(f"  memorization: median {mem['quantiles']['50%']:.3f}, {mem['at_least_0.5']} training images at 0.5 or more; most memorized: {top}")
     typer.echo(f"  wall time: {summary['seconds']:.1f} s")
     typer.echo(f"next: `manyruns status {out}`, or in Python `manyruns.open({str(out)!r}).runs`")

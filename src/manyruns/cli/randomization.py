@@ -18,8 +18,9 @@ def fit_curves_command(
     plot: Optional[Path] = typer.Option(None, help="PNG of the curves (default: STORE/reports/fit-curves.png)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per corruption level."),
 ):
-    """Train/test accuracy and loss against epochs per corruption level, final accuracies, and
-    epochs to fit (first epoch with 99% and 100% train accuracy on the labels the runs saw)."""
+    """Per corruption level: train/test curves, final accuracies and epochs to fit.
+
+    Epochs to fit: the first epoch with 99% (and 100%) train accuracy on the labels the runs saw."""
     from ..analysis.randomization import fit_curves, save_fit_curves
     from ..population import open as open_population
     from ..report.fit_curves import fit_table, plot_fit_curves
@@ -59,8 +60,9 @@ def interpolate(
     memory_limit: Optional[float] = typer.Option(None, "--memory-limit", help="Memory budget in GB (default: what is available now)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON object."),
 ):
-    """Min-norm interpolation with an RBF kernel: solve K alpha = Y on the training set
-    (one-hot Y), predict argmax K(test, train) alpha; report test error, residual, time, memory."""
+    """Min-norm RBF kernel interpolation of the training set; test error, residual, time, memory.
+
+    Solves K alpha = Y (one-hot Y) on the training set and predicts argmax K(test, train) alpha."""
     from ..analysis.interpolation import format_bytes, interpolate_dataset
 
     if kernel != "rbf":
