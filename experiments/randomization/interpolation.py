@@ -62,6 +62,11 @@ def main(argv=None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"interpolation-{args.dataset}.json"
+    # Earlier results for other configurations are kept; a configuration run again replaces its own.
+    key = lambda r: (r.get("solver"), r.get("n_train"), r.get("bandwidth", args.bandwidth))  # noqa: E731
+    earlier = json.loads(path.read_text()) if path.is_file() else []
+    fresh = {key(r) for r in results}
+    results = [r for r in earlier if key(r) not in fresh] + results
     path.write_text(json.dumps(results, indent=1))
     print("\n| solver | training images | test error % | relative residual | CG iterations | seconds | peak memory GB |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
