@@ -110,6 +110,19 @@ def test_uncommitted_runs_are_invisible_and_redone_identically(tmp_path, referen
     arrays_equal(store, ref, names=("logits/train", "logits/test", "weights/epoch_3", "trueprob/train"))
 
 
+def children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (Linux /proc; empty elsewhere)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
 def test_killed_training_keeps_committed_runs_and_resumes(tmp_path, reference):
     recipe, ref = reference
     store = tmp_path / "s"
@@ -118,10 +131,14 @@ def test_killed_training_keeps_committed_runs_and_resumes(tmp_path, reference):
     deadline = time.time() + 120
     while time.time() < deadline and Store.open(store).committed().sum() < 3:
         time.sleep(0.05)
-    os.killpg(os.getpgid(proc.pid), signal.SIGKILL) if False else proc.kill()
+    workers = children(proc.pid)
+    proc.kill()
     proc.wait()
-    # the pool workers of a killed parent exit on their own; give them a moment
-    time.sleep(1.0)
+    # the pool workers of a killed parent exit on their own (none is left waiting for work)
+    deadline = time.time() + 10
+    while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
+        time.sleep(0.1)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], "pool workers outlived their killed parent"
     committed = Store.open(store).committed()
     assert 3 <= committed.sum() < 24
     ref_pop, pop = manyruns.open(ref), manyruns.open(store)

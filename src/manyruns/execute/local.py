@@ -11,6 +11,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
 
 import torch
@@ -22,10 +24,20 @@ from .memory import keep_freed_memory
 _WORKER_DEVICE: str | None = None
 
 
-def _init_worker(threads: int, devices) -> None:
+def _exit_with_parent(parent: int, interval: float = 0.5) -> None:
+    """Exit this worker once its parent is gone (a killed parent cannot shut the pool down, and
+    an idle worker would otherwise wait on its task queue for ever). A run in flight is lost
+    with it, uncommitted, and trained again by the next ``train``."""
+    while os.getppid() == parent:
+        time.sleep(interval)
+    os._exit(1)
+
+
+def _init_worker(threads: int, devices, parent: int) -> None:
     global _WORKER_DEVICE
     # Ctrl-C goes to the whole process group: let the parent decide, workers are terminated.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="parent-watch").start()
     torch.set_num_threads(threads)
     keep_freed_memory()
     if devices is not None:
@@ -47,7 +59,7 @@ class LocalExecutor(Executor):
             for w in range(workers):
                 devices.put(f"cuda:{w % cuda_devices}")
         self.slots = workers
-        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(threads, devices))
+        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(threads, devices, os.getpid()))
 
     def submit(self, order: WorkOrder) -> "Future[WorkReport]":
         return self._pool.submit(_run, order)
