@@ -198,6 +198,12 @@ def test_a_matrix_that_does_not_fit_is_refused_with_the_memory_it_needs():
     assert memory_plan(60_000, 10_000, 784, 10, "cg", available=64 * 10**9).matrix_mode == "packed"
 
 
+def test_exact_solver_refuses_orders_beyond_lapacks_packed_offsets():
+    with pytest.raises(ValueError, match="at most 65,535 training examples.*use --solver cg"):
+        check_request(70_000, 10_000, 784, 10, 0.02, "exact", memory_limit=10**12)
+    check_request(70_000, 10_000, 784, 10, 0.02, "cg", memory_limit=10**12)  # CG has no such limit
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

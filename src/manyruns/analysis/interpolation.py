@@ -43,6 +43,8 @@ PRECISIONS = ("float64", "float32")
 MATRIX_MODES = ("auto", "packed", "on-the-fly")
 BLOCK_BYTES = 128 * 2**20
 """Size of the temporary kernel blocks computed at a time (rows x columns)."""
+MAX_PACKED_N = 65_535
+"""Largest matrix order whose packed triangle, ``n (n + 1) / 2`` numbers, LAPACK can index."""
 PROCESS_BYTES = 300 * 2**20
 """Allowance for the interpreter and its libraries in memory estimates."""
 
@@ -265,27 +267,66 @@ class PackedKernel:
     def cholesky(self) -> "PackedKernel":
         """Factor ``K = L L^T`` in place (the matrix is gone afterwards); returns the factor,
         packed the same way. Raises :class:`NotPositiveDefiniteError`."""
-        from scipy.linalg import lapack
-
-        pftrf = lapack.dpftrf if self.data.dtype == np.float64 else lapack.spftrf
-        factor, status = pftrf(self.n, self.data, transr="N", uplo="L", overwrite_a=1)
+        status = _rfp_lapack("pftrf", self.data.dtype)(self.n, self.data)
         if status > 0:
             raise NotPositiveDefiniteError(
                 f"the {self.n:,} x {self.n:,} kernel matrix is not positive definite in {self.data.dtype} "
                 f"(pivot {status}): near-duplicate training points make it singular to working precision"
             )
-        self.data = factor
+        if status < 0:
+            raise ValueError(f"packed Cholesky factorization refused argument {-status} (LAPACK info {status})")
         return self
 
     def cholesky_solve(self, b: np.ndarray) -> np.ndarray:
         """``K^-1 b`` from a factored matrix (after :meth:`cholesky`), ``b (N, C)``."""
-        from scipy.linalg import lapack
-
-        pftrs = lapack.dpftrs if self.data.dtype == np.float64 else lapack.spftrs
-        x, status = pftrs(self.n, self.data, np.asfortranarray(b, dtype=self.data.dtype), transr="N", uplo="L")
+        x = np.asfortranarray(b, dtype=self.data.dtype).copy(order="F")
+        status = _rfp_lapack("pftrs", self.data.dtype)(self.n, self.data, x)
         if status != 0:
             raise ValueError(f"packed triangular solve failed (LAPACK info {status})")
         return np.asarray(x, dtype=np.float64)
+
+
+def _rfp_lapack(routine: str, dtype: np.dtype):
+    """LAPACK's ``?pftrf`` (factor) or ``?pftrs`` (solve) on rectangular full packed storage
+    (TRANSR = 'N', UPLO = 'L'), called directly through the function pointers SciPy exports.
+
+    SciPy's Python wrappers check the packed length as ``n * (n + 1) / 2`` in 32-bit integers,
+    which overflows from n = 46,341 on (the full MNIST training set has 60,000), so the
+    wrappers cannot be used at the sizes this module is for. Every offset LAPACK itself forms
+    stays below ``n (n + 1) / 2``, within 32 bits up to n = 65,535.
+    """
+    import ctypes
+
+    from scipy.linalg import cython_lapack
+
+    prefix = "d" if np.dtype(dtype) == np.float64 else "s"
+    capsule = cython_lapack.__pyx_capi__[prefix + routine]
+    get_name = ctypes.pythonapi.PyCapsule_GetName
+    get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
+    get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+    get_pointer.restype, get_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+    address = get_pointer(capsule, get_name(capsule))
+    c_int_p, c_char_p, c_void_p = ctypes.POINTER(ctypes.c_int), ctypes.c_char_p, ctypes.c_void_p
+    if routine == "pftrf":
+        function = ctypes.CFUNCTYPE(None, c_char_p, c_char_p, c_int_p, c_void_p, c_int_p)(address)
+
+        def call(n: int, a: np.ndarray) -> int:
+            info = ctypes.c_int(0)
+            function(b"N", b"L", ctypes.byref(ctypes.c_int(n)), a.ctypes.data, ctypes.byref(info))
+            return info.value
+
+        return call
+    function = ctypes.CFUNCTYPE(None, c_char_p, c_char_p, c_int_p, c_int_p, c_void_p, c_void_p, c_int_p, c_int_p)(address)
+
+    def solve(n: int, a: np.ndarray, b: np.ndarray) -> int:
+        if not (b.flags.f_contiguous and b.dtype == a.dtype and b.shape[0] == n):
+            raise ValueError("right-hand sides must be a Fortran-ordered (n, C) array of the matrix's dtype")
+        info = ctypes.c_int(0)
+        n_c, nrhs = ctypes.c_int(n), ctypes.c_int(b.shape[1] if b.ndim == 2 else 1)
+        function(b"N", b"L", ctypes.byref(n_c), ctypes.byref(nrhs), a.ctypes.data, b.ctypes.data, ctypes.byref(ctypes.c_int(max(n, 1))), ctypes.byref(info))
+        return info.value
+
+    return solve
 
 
 def _triangle_matmul(tri: np.ndarray, upper: bool, v: np.ndarray, out: np.ndarray, leaf: int = 256) -> None:
@@ -618,6 +659,11 @@ def check_request(
         raise ValueError(f"--block-size must be at least 1, got {block_size!r}")
     if n_train < 1:
         raise ValueError("there must be at least one training example")
+    if solver == "exact" and n_train > MAX_PACKED_N:
+        raise ValueError(
+            f"the exact solver handles at most {MAX_PACKED_N:,} training examples (LAPACK's 32-bit offsets "
+            f"into the packed matrix), got {n_train:,}; use --solver cg or --subset N"
+        )
     room = available_memory() if memory_limit is None else int(memory_limit)
     plan = memory_plan(n_train, n_test, dim, classes, solver, precision, matrix, block_size, room, preconditioner)
     if plan.total > room:
