@@ -41,7 +41,8 @@ def extremes_grid(
         if row:
             rows.append(row)
             labels_out.append(class_names[c])
-    title = f"highest (red) and lowest (green) {name} per class"
+    color_name = lambda color: color.removeprefix("tab:")  # noqa: E731
+    title = f"highest ({color_name(high_color)}) and lowest ({color_name(low_color)}) {name} per class"
     return image_grid(rows, path, title=title, row_labels=labels_out)
 
 
