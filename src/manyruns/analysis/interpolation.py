@@ -7,14 +7,14 @@ with ``K(X, X) A = Y``. A test image gets the class of its largest score.
 Two solvers, both sized so that the full MNIST problem (60,000 training images) fits in
 24 GB:
 
-* ``exact``: a Cholesky factorization of ``K(X, X)`` held in rectangular full packed storage
-  (LAPACK ``?pftrf``), which keeps one triangle: ``N (N + 1) / 2`` numbers, 14.4 GB in float64
-  for N = 60,000, where the full float64 matrix would take 28.8 GB. Float64 is the default
+* ``exact``: a Cholesky factorization of ``K(X, X)`` that keeps one triangle, in block columns
+  (:class:`BlockCholesky`): about ``N (N + 1024) / 2`` numbers, 14.7 GB in float64 for
+  N = 60,000, where the full float64 matrix would take 28.8 GB. Float64 is the default
   because the MNIST kernel matrix is expected to be too ill-conditioned for a float32
   factorization at that size (its estimated condition number grows from about 2e5 at
   N = 2,000 to 2e7 at N = 15,000).
 * ``cg``: preconditioned conjugate gradients in float64 on the C right-hand sides at once,
-  with the same packed matrix when it fits in memory and with kernel blocks recomputed at
+  with the kernel matrix kept in packed form (one triangle) when it fits in memory and with kernel blocks recomputed at
   every product otherwise (for sets whose matrix does not fit). The preconditioner solves
   exactly on blocks of nearby training points (k-means clusters). It stops at a relative
   residual of ``tol`` or after ``max_iter`` products. Its products are float64: a float32
@@ -43,8 +43,8 @@ PRECISIONS = ("float64", "float32")
 MATRIX_MODES = ("auto", "packed", "on-the-fly")
 BLOCK_BYTES = 128 * 2**20
 """Size of the temporary kernel blocks computed at a time (rows x columns)."""
-MAX_PACKED_N = 65_535
-"""Largest matrix order whose packed triangle, ``n (n + 1) / 2`` numbers, LAPACK can index."""
+EXACT_BLOCK = 1024
+"""Columns per block column of the exact solver's factor."""
 PROCESS_BYTES = 300 * 2**20
 """Allowance for the interpreter and its libraries in memory estimates."""
 
@@ -264,70 +264,6 @@ class PackedKernel:
         dense[h:, :h] = self.cross.T
         return dense
 
-    def cholesky(self) -> "PackedKernel":
-        """Factor ``K = L L^T`` in place (the matrix is gone afterwards); returns the factor,
-        packed the same way. Raises :class:`NotPositiveDefiniteError`."""
-        status = _rfp_lapack("pftrf", self.data.dtype)(self.n, self.data)
-        if status > 0:
-            raise NotPositiveDefiniteError(
-                f"the {self.n:,} x {self.n:,} kernel matrix is not positive definite in {self.data.dtype} "
-                f"(pivot {status}): near-duplicate training points make it singular to working precision"
-            )
-        if status < 0:
-            raise ValueError(f"packed Cholesky factorization refused argument {-status} (LAPACK info {status})")
-        return self
-
-    def cholesky_solve(self, b: np.ndarray) -> np.ndarray:
-        """``K^-1 b`` from a factored matrix (after :meth:`cholesky`), ``b (N, C)``."""
-        x = np.asfortranarray(b, dtype=self.data.dtype).copy(order="F")
-        status = _rfp_lapack("pftrs", self.data.dtype)(self.n, self.data, x)
-        if status != 0:
-            raise ValueError(f"packed triangular solve failed (LAPACK info {status})")
-        return np.asarray(x, dtype=np.float64)
-
-
-def _rfp_lapack(routine: str, dtype: np.dtype):
-    """LAPACK's ``?pftrf`` (factor) or ``?pftrs`` (solve) on rectangular full packed storage
-    (TRANSR = 'N', UPLO = 'L'), called directly through the function pointers SciPy exports.
-
-    SciPy's Python wrappers check the packed length as ``n * (n + 1) / 2`` in 32-bit integers,
-    which overflows from n = 46,341 on (the full MNIST training set has 60,000), so the
-    wrappers cannot be used at the sizes this module is for. Every offset LAPACK itself forms
-    stays below ``n (n + 1) / 2``, within 32 bits up to n = 65,535.
-    """
-    import ctypes
-
-    from scipy.linalg import cython_lapack
-
-    prefix = "d" if np.dtype(dtype) == np.float64 else "s"
-    capsule = cython_lapack.__pyx_capi__[prefix + routine]
-    get_name = ctypes.pythonapi.PyCapsule_GetName
-    get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
-    get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
-    get_pointer.restype, get_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
-    address = get_pointer(capsule, get_name(capsule))
-    c_int_p, c_char_p, c_void_p = ctypes.POINTER(ctypes.c_int), ctypes.c_char_p, ctypes.c_void_p
-    if routine == "pftrf":
-        function = ctypes.CFUNCTYPE(None, c_char_p, c_char_p, c_int_p, c_void_p, c_int_p)(address)
-
-        def call(n: int, a: np.ndarray) -> int:
-            info = ctypes.c_int(0)
-            function(b"N", b"L", ctypes.byref(ctypes.c_int(n)), a.ctypes.data, ctypes.byref(info))
-            return info.value
-
-        return call
-    function = ctypes.CFUNCTYPE(None, c_char_p, c_char_p, c_int_p, c_int_p, c_void_p, c_void_p, c_int_p, c_int_p)(address)
-
-    def solve(n: int, a: np.ndarray, b: np.ndarray) -> int:
-        if not (b.flags.f_contiguous and b.dtype == a.dtype and b.shape[0] == n):
-            raise ValueError("right-hand sides must be a Fortran-ordered (n, C) array of the matrix's dtype")
-        info = ctypes.c_int(0)
-        n_c, nrhs = ctypes.c_int(n), ctypes.c_int(b.shape[1] if b.ndim == 2 else 1)
-        function(b"N", b"L", ctypes.byref(n_c), ctypes.byref(nrhs), a.ctypes.data, b.ctypes.data, ctypes.byref(ctypes.c_int(max(n, 1))), ctypes.byref(info))
-        return info.value
-
-    return solve
-
 
 def _triangle_matmul(tri: np.ndarray, upper: bool, v: np.ndarray, out: np.ndarray, leaf: int = 256) -> None:
     """``out += S @ v`` for the symmetric ``S`` whose upper (or lower) triangle is ``tri``'s.
@@ -416,7 +352,9 @@ def memory_plan(
     recomputed at every product otherwise."""
     working = PROCESS_BYTES + (n_train + n_test) * dim * 8 + 8 * n_train * classes * 8 + 3 * BLOCK_BYTES
     if solver == "exact":
-        return MemoryPlan(n_train * (n_train + 1) // 2 * np.dtype(precision).itemsize, 0, working, "packed")
+        itemsize = np.dtype(precision).itemsize
+        update = n_train * EXACT_BLOCK * itemsize  # the product subtracted from one block column
+        return MemoryPlan(BlockCholesky.storage(n_train, EXACT_BLOCK, itemsize), 0, working + update, "block-columns")
     precond = 0
     if preconditioner == "block-jacobi":
         size = min(block_size, n_train)
@@ -447,27 +385,123 @@ class NotPositiveDefiniteError(ValueError):
     """A factorization met a non-positive pivot: the matrix is singular to working precision."""
 
 
-def solve_exact(x: np.ndarray, targets: np.ndarray, bandwidth: float, precision: str = "float64") -> tuple[np.ndarray, SolveInfo]:
-    """Solve ``K(x, x) A = targets`` by a Cholesky factorization in packed storage.
+class BlockCholesky:
+    """The lower Cholesky factor ``L`` of a kernel matrix ``K = L L^T``, kept as block columns.
+
+    Block column ``j`` holds rows ``s_j ..`` of columns ``s_j .. s_j + w_j`` (``s_j = j * block``):
+    an ``(N - s_j, w_j)`` array whose top ``(w_j, w_j)`` square is the diagonal block. Together
+    they hold one triangle plus half a block per column, about ``N (N + block) / 2`` numbers:
+    14.7 GB in float64 for N = 60,000 where the full matrix would take 28.8 GB. The matrix is
+    computed straight into this layout and factored in place, right-looking: each block
+    column is factored (a small Cholesky and a triangular solve), then subtracted from the
+    columns to its right with one matrix product per block column.
+    """
+
+    def __init__(self, columns: list[np.ndarray], block: int):
+        self.columns = columns
+        self.block = block
+        self.n = columns[0].shape[0] if columns else 0
+
+    @staticmethod
+    def storage(n: int, block: int, itemsize: int = 8) -> int:
+        """Bytes of the block columns of an ``n x n`` matrix."""
+        return sum((n - s) * min(block, n - s) for s in range(0, n, block)) * itemsize
+
+    @classmethod
+    def factor_kernel(cls, x: np.ndarray, bandwidth: float, dtype=np.float64, block: int = 1024) -> "BlockCholesky":
+        """Compute the kernel matrix of ``x (N, D)`` block column by block column and factor it.
+        Raises :class:`NotPositiveDefiniteError`."""
+        factor = cls.kernel(x, bandwidth, dtype, block)
+        factor.factor()
+        return factor
+
+    @classmethod
+    def kernel(cls, x: np.ndarray, bandwidth: float, dtype=np.float64, block: int = 1024) -> "BlockCholesky":
+        """The (unfactored) kernel matrix of ``x (N, D)`` in block columns."""
+        x = np.asarray(x, dtype=dtype)
+        n = x.shape[0]
+        sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
+        columns = []
+        for s in range(0, n, block):
+            e = min(s + block, n)
+            column = kernel_block(x[s:], sq[s:], x[s:e], sq[s:e], bandwidth, np.empty((n - s, e - s), dtype=dtype))
+            _symmetrize_unit_diagonal(column[: e - s])
+            columns.append(column)
+        return cls(columns, block)
+
+    def to_dense(self) -> np.ndarray:
+        """The lower triangle as a full ``(N, N)`` array (for small N)."""
+        dense = np.zeros((self.n, self.n), dtype=self.columns[0].dtype if self.columns else np.float64)
+        for j, column in enumerate(self.columns):
+            s = j * self.block
+            dense[s:, s : s + column.shape[1]] = column
+        return np.tril(dense)
+
+    def factor(self) -> None:
+        from scipy.linalg import LinAlgError, cholesky, solve_triangular
+
+        for j, column in enumerate(self.columns):
+            w = column.shape[1]
+            try:
+                diagonal = cholesky(column[:w], lower=True, check_finite=False)
+            except LinAlgError:
+                raise NotPositiveDefiniteError(
+                    f"the {self.n:,} x {self.n:,} kernel matrix is not positive definite in {column.dtype} "
+                    f"(in the diagonal block at row {j * self.block:,}): near-duplicate training points make it "
+                    "singular to working precision"
+                ) from None
+            column[:w] = diagonal
+            below = column[w:]
+            if not below.size:
+                continue
+            # below <- below L^-T, solved in place on its transpose (Fortran order, no copy)
+            below[...] = solve_triangular(diagonal, below.T, lower=True, overwrite_b=True, check_finite=False).T
+            offset = w
+            for later in self.columns[j + 1 :]:
+                width = later.shape[1]
+                later -= below[offset - w :] @ below[offset - w : offset - w + width].T
+                offset += width
+
+    def solve(self, y: np.ndarray) -> np.ndarray:
+        """``K^-1 y`` for ``y (N, C)``, by forward and back substitution; ``(N, C)`` float64."""
+        from scipy.linalg import solve_triangular
+
+        dtype = self.columns[0].dtype
+        z = np.array(y, dtype=dtype, copy=True)
+        for j, column in enumerate(self.columns):  # L z = y
+            s, w = j * self.block, column.shape[1]
+            z[s : s + w] = solve_triangular(column[:w], z[s : s + w], lower=True, check_finite=False)
+            z[s + w :] -= column[w:] @ z[s : s + w]
+        for j in reversed(range(len(self.columns))):  # L^T a = z
+            column = self.columns[j]
+            s, w = j * self.block, column.shape[1]
+            rhs = z[s : s + w] - column[w:].T @ z[s + w :]
+            z[s : s + w] = solve_triangular(column[:w], rhs, lower=True, trans="T", check_finite=False)
+        return z.astype(np.float64)
+
+
+def solve_exact(x: np.ndarray, targets: np.ndarray, bandwidth: float, precision: str = "float64", block: int = 1024) -> tuple[np.ndarray, SolveInfo]:
+    """Solve ``K(x, x) A = targets`` by a Cholesky factorization held in block columns
+    (see :class:`BlockCholesky`).
 
     ``x (N, D)`` pixels, ``targets (N, C)``; returns ``A (N, C)`` float64. The matrix is built
-    and factored in place: the peak is about ``N (N + 1) / 2`` numbers of ``precision``.
+    and factored in place: the peak is about ``N (N + block) / 2`` numbers of ``precision``.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    info = SolveInfo(matrix_mode="packed")
+    info = SolveInfo(matrix_mode="block-columns")
     t0 = time.perf_counter()
-    packed = PackedKernel.build(x, bandwidth, np.dtype(precision))
+    factor = BlockCholesky.kernel(x, bandwidth, np.dtype(precision), block)
     info.timings["kernel"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     try:
-        packed.cholesky()
+        factor.factor()
     except NotPositiveDefiniteError as exc:
         hint = "; try --precision float64" if precision == "float32" else "; a larger bandwidth makes it better conditioned"
         raise NotPositiveDefiniteError(str(exc) + hint) from None
     info.timings["factor"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    solution = packed.cholesky_solve(targets)
+    solution = factor.solve(targets)
     info.timings["solve"] = time.perf_counter() - t0
     return solution, info
 
@@ -659,16 +693,11 @@ def check_request(
         raise ValueError(f"--block-size must be at least 1, got {block_size!r}")
     if n_train < 1:
         raise ValueError("there must be at least one training example")
-    if solver == "exact" and n_train > MAX_PACKED_N:
-        raise ValueError(
-            f"the exact solver handles at most {MAX_PACKED_N:,} training examples (LAPACK's 32-bit offsets "
-            f"into the packed matrix), got {n_train:,}; use --solver cg or --subset N"
-        )
     room = available_memory() if memory_limit is None else int(memory_limit)
     plan = memory_plan(n_train, n_test, dim, classes, solver, precision, matrix, block_size, room, preconditioner)
     if plan.total > room:
         if solver == "exact":
-            what = f"the packed {precision} kernel matrix alone takes {format_bytes(plan.matrix)}"
+            what = f"the {precision} kernel matrix (one triangle) alone takes {format_bytes(plan.matrix)}"
             hint = "use --subset N" + (", --precision float32" if precision == "float64" else "") + " or --solver cg"
         else:
             what = f"packed matrix {format_bytes(plan.matrix)}, preconditioner blocks {format_bytes(plan.preconditioner)}"

@@ -49,7 +49,7 @@ def interpolate(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Data root (default: $MANYRUNS_DATA)."),
     kernel: str = typer.Option("rbf", help="Kernel: rbf, exp(-bandwidth * squared distance) on pixels in [0, 1]."),
     bandwidth: float = typer.Option(0.02, help="RBF bandwidth (> 0)."),
-    solver: str = typer.Option("exact", help="exact (packed Cholesky) or cg (preconditioned conjugate gradients)."),
+    solver: str = typer.Option("exact", help="exact (Cholesky of one triangle, in block columns) or cg (preconditioned conjugate gradients)."),
     subset: Optional[int] = typer.Option(None, help="Use the first N training examples (all test examples)."),
     precision: str = typer.Option("float64", help="exact: float64, or float32 (half the memory; fails on ill-conditioned matrices)."),
     tol: float = typer.Option(1e-4, help="cg: stop at this relative residual."),
