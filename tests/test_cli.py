@@ -34,6 +34,19 @@ def test_invalid_recipe_exits_2_naming_the_field(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
+def test_recipes_the_dataset_or_sweep_cannot_serve_exit_2_at_plan(tmp_path):
+    too_small = tmp_path / "cnn.toml"
+    too_small.write_text(tiny_recipe().replace('kind = "mlp"\nwidths = [32]', 'kind = "small-cnn"'))
+    result = run("plan", str(too_small), str(tmp_path / "a"))
+    assert result.returncode == 2 and "model.layers" in result.stderr and "8x8" in result.stderr
+    widths = tmp_path / "widths.toml"
+    widths.write_text(tiny_recipe(runs=16).replace("weights = [0, 3]", "weights = []\nfeatures = 2") + '[population.sweep]\n"model.widths" = {choice = [[16], [32]]}\n')
+    result = run("plan", str(widths), str(tmp_path / "b"))
+    assert result.returncode == 2 and "record.features" in result.stderr and "[16, 32]" in result.stderr
+    for store in ("a", "b"):
+        assert not (tmp_path / store).exists()
+
+
 def test_missing_dataset_names_files_and_env(tmp_path):
     recipe = tmp_path / "mnist.toml"
     recipe.write_text(tiny_recipe().replace('dataset = "digits"', 'dataset = "mnist"'))

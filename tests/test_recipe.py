@@ -51,7 +51,11 @@ def test_defaults_fill_every_section():
         (("subset = 0.5", "subset = 1.5"), "population.subset", ["(0, 1]"]),
         (("widths = [32]", "widths = [32]\nwidht = 3"), "model.widht", ["unknown field", "widths"]),
         (("batch_size = 64", 'batch_size = "big"'), "training.batch_size", ["integer"]),
-        (("weights = [0, 3]", "weights = [0, 30]"), "", ["record.weights", "epoch 30"]),
+        (("weights = [0, 3]", "weights = [0, 30]"), "record.weights", ["epoch 30", "training.epochs is 3"]),
+        (("[training]", '[schedule]\nkind = "step"\nmilestones = [9]\n[training]'), "schedule.milestones", ["epoch 9"]),
+        (("subset = 0.5", 'subset = 0.5\ninputs = "noise"'), "population.inputs", ["'shuffled-pixels'", "'gaussian'", "'noise'"]),
+        (("subset = 0.5", 'subset = 0.5\ninputs = ["none", "noise"]'), "population.inputs", ["'random-pixels'"]),
+        (('normalize = "unit"', 'normalize = "unit"\naugment = {flip = "yes"}'), "data.augment.flip", ["boolean"]),
     ],
 )
 def test_invalid_fields_are_named(patch, field, words):
@@ -72,6 +76,8 @@ def test_label_noise_forms_and_bounds():
     assert r.population.noise_levels == [0.0, 0.5, 1.0] and r.num_cells == 3
     err = error_for(tiny_recipe().replace("subset = 0.5", "subset = 0.5\nlabel_noise = 1.2"))
     assert err.field == "population.label_noise.p" and "[0, 1]" in str(err)
+    err = error_for(tiny_recipe().replace("subset = 0.5", "subset = 0.5\nlabel_noise = {p = true}"))
+    assert err.field == "population.label_noise.p" and "number" in str(err)
     err = error_for(tiny_recipe().replace("subset = 0.5", 'subset = 0.5\nlabel_noise = {p = 0.1, scope = "global"}'))
     assert err.field == "population.label_noise.scope" and "'dataset'" in str(err) and "'run'" in str(err)
 
@@ -88,6 +94,29 @@ def test_sweep_validation():
     assert err.field.startswith("population.sweep")
     err = error_for(base + '[population.sweep]\n"record.weights" = {choice = [[1]]}\n')
     assert "section" in str(err)
+    err = error_for(base + '[population.sweep]\n"optimizer.lr" = {normal = [0.1, 0.2]}\n')
+    assert err.field == "population.sweep.optimizer.lr" and "log_uniform" in str(err) and "required" not in str(err)
+
+
+@pytest.mark.parametrize("key,value,words", [
+    ("training.epochs", "{choice = [1, 2]}", ["metrics", "one value"]),
+    ("data.dataset", '{choice = ["digits", "mnist"]}', ["fingerprint"]),
+])
+def test_fields_that_fix_the_store_layout_cannot_be_swept(key, value, words):
+    err = error_for(tiny_recipe() + f'[population.sweep]\n"{key}" = {value}\n')
+    assert err.field == f"population.sweep.{key}"
+    for w in words:
+        assert w in str(err)
+
+
+def test_fields_a_run_resolves_for_itself_can_be_swept():
+    r = Recipe.from_toml(tiny_recipe() + '[population.sweep]\n"data.normalize" = {choice = ["unit", "standard"]}\n"training.batch_size" = {choice = [32, 64]}\n')
+    assert set(r.population.sweep) == {"data.normalize", "training.batch_size"}
+
+
+def test_model_kind_defaults_to_mlp():
+    r = Recipe.from_toml(tiny_recipe().replace('kind = "mlp"\n', ""))
+    assert r.model.kind == "mlp" and r.model.widths == [32]
 
 
 def test_other_checks():

@@ -247,3 +247,61 @@ def test_dataset_fingerprint_is_checked(tmp_path, write_recipe):
     assert result.returncode == 1
     assert "not the data" in result.stderr and "labels" in result.stderr
     assert not Store.open(store).committed().any()
+
+
+def test_a_killed_worker_fails_its_runs_and_the_rest_train(tmp_path, reference):
+    recipe, ref = reference
+    store = tmp_path / "s"
+    manyruns.plan(recipe, store)
+    proc = popen_train(store, "--group-size", "1")
+    deadline = time.time() + 120
+    while time.time() < deadline and Store.open(store).committed().sum() < 2:
+        time.sleep(0.05)
+    victims = [pid for pid in children(proc.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert victims
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)  # what the out-of-memory killer does
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err and "runs failed" in err and "died" in err
+    info = manyruns.status(store)
+    assert info["committed"] + info["failed"] == 24 and info["failed"] >= 1
+    assert not list((store / "claims").glob("*"))
+    result = cli("train", str(store), "--quiet", "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    arrays_equal(store, ref)
+
+
+def test_unknown_train_options_are_refused_before_any_work(tmp_path, write_recipe):
+    store = tmp_path / "s"
+    manyruns.plan(write_recipe(tiny_recipe(runs=2)), store)
+    for option, value in (("--strategy", "foo"), ("--executor", "ray")):
+        result = cli("train", str(store), option, value)
+        assert result.returncode == 1 and value in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "train:" not in result.stderr  # no progress bar was drawn
+    result = cli("train", str(store), "--strategy", "stacked")
+    assert result.returncode == 0  # the MLP recipe has a stacked form
+    small_cnn = write_recipe(tiny_recipe(runs=1).replace('kind = "mlp"\nwidths = [32]', 'kind = "small-cnn"\nlayers = 1'), "cnn.toml")
+    cnn_store = tmp_path / "cnn"
+    manyruns.plan(small_cnn, cnn_store)
+    result = cli("train", str(cnn_store), "--strategy", "stacked")
+    assert result.returncode == 1 and "MLPs only" in result.stderr
+    assert manyruns.status(cnn_store)["failed"] == 0 and manyruns.status(store)["failed"] == 0
+
+
+def test_a_row_of_the_wrong_shape_is_refused_before_anything_is_written(tmp_path, write_recipe):
+    from manyruns.store import RunRecord
+
+    store = tmp_path / "s"
+    pop = manyruns.plan(write_recipe(tiny_recipe(runs=2).replace("weights = [0, 3]", "weights = []")), store)
+    n, e = pop.array("mask/train").shape[1], pop.array("metrics").shape[1]
+    summary = np.zeros(pop.array("summary").shape[1], np.float32)
+    logits_train = np.zeros(pop.array("logits/train").shape[1:], np.float32)
+    logits_test = np.zeros(pop.array("logits/test").shape[1:], np.float32)
+    good_labels = pop.targets("train")
+    short_metrics = np.zeros((e - 1, pop.array("metrics").shape[2]), np.float32)
+    rec = RunRecord(0, "ok", np.ones(n, bool), good_labels, summary, short_metrics, logits_train=logits_train, logits_test=logits_test)
+    with pytest.raises(StoreError, match=r"'metrics' has shape"):
+        pop.store.write_run(rec)
+    assert not Store.open(store).committed().any()
+    assert not np.asarray(Store.open(store).array("mask/train")[0]).any()

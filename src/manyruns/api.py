@@ -7,6 +7,7 @@ import os
 import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -41,16 +42,25 @@ def _layout(recipe: Recipe, plans, dataset) -> dict:
     for p in plans:
         resolved = run_recipe(recipe, p).model
         specs.setdefault(resolved.model_dump_json(), resolved)
-    counts = {k: count_parameters(create_model(s, dataset.input_shape, dataset.num_classes, 0)) for k, s in specs.items()}
-    if recipe.record.weights and len(set(counts.values())) > 1:
-        raise RecipeError(
-            "field 'record.weights': the sweep gives runs different parameter counts "
-            f"({sorted(set(counts.values()))}); weights can only be kept when every run has the same layout",
-            field="record.weights",
-        )
-    base = create_model(recipe.model, dataset.input_shape, dataset.num_classes, 0)
     import torch
 
+    models = {k: create_model(s, dataset.input_shape, dataset.num_classes, 0) for k, s in specs.items()}
+    counts = {count_parameters(m) for m in models.values()}
+    if recipe.record.weights and len(counts) > 1:
+        raise RecipeError(
+            "field 'record.weights': the sweep gives runs different parameter counts "
+            f"({sorted(counts)}); weights can only be kept when every run has the same layout",
+            field="record.weights",
+        )
+    with torch.no_grad():
+        widths = {int(m.eval().features(torch.zeros(1, *dataset.input_shape)).shape[1]) for m in models.values()}
+    if recipe.record.features and len(widths) > 1:
+        raise RecipeError(
+            "field 'record.features': the sweep gives runs penultimate layers of different widths "
+            f"({sorted(widths)}); features can only be kept when every run has the same width",
+            field="record.features",
+        )
+    base = create_model(recipe.model, dataset.input_shape, dataset.num_classes, 0)
     with torch.no_grad():
         num_features = int(base.eval().features(torch.zeros(1, *dataset.input_shape)).shape[1])
     return {
@@ -112,6 +122,7 @@ class TrainReport:
     remaining: int = 0
     seconds: float = 0.0
     interrupted: bool = False
+    stopped: str | None = None
 
     @property
     def runs_per_hour(self) -> float:
@@ -157,6 +168,23 @@ def resolve_device(device: str) -> str:
     return device
 
 
+WORKER_DIED = "the worker process died while this run was in flight (killed, or out of memory); the next train redoes it"
+MAX_POOL_RESTARTS = 3
+
+
+def check_train_options(recipe: Recipe, executor: str, strategy: str) -> None:
+    """Refuse an unknown executor or engine form before any worker starts or anything is recorded."""
+    from .execute import EXECUTORS
+    from .models.population import STRATEGIES
+
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if strategy == "stacked" and recipe.model.kind != "mlp":
+        raise ValueError(f"the stacked form is for MLPs only, and this recipe's model is {recipe.model.kind!r}; use 'loop' or 'vmap'")
+
+
 def train(
     path: str | os.PathLike,
     workers: int | None = None,
@@ -188,6 +216,7 @@ def train(
         workers = 1 if executor == "serial" else (_cuda_count() or 1) if device.startswith("cuda") else available_cores()
     if workers < 1:
         raise ValueError("workers must be at least 1")
+    check_train_options(recipe, executor, strategy)
     data_dir = None if data_dir is None else str(data_dir)
     dataset_for(store, data_dir)  # fail here, with a clear message, before any worker starts
 
@@ -212,8 +241,9 @@ def train(
     pending = deque(make_groups(recipe, plans, todo, size))
     in_flight: dict[Future, list[int]] = {}
     claimed: set[int] = set()
-    bar = tqdm(total=len(todo), unit="run", desc="train", disable=not progress, smoothing=0.1)
     pool = make_executor(executor, workers, device)
+    bar = tqdm(total=len(todo), unit="run", desc="train", disable=not progress, smoothing=0.1)
+    restarts = 0
     try:
         while pending or in_flight:
             while pending and len(in_flight) < 2 * pool.slots:
@@ -225,10 +255,16 @@ def train(
             if not in_flight:
                 break
             done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
+            broken = False
             for fut in done:
                 group = in_flight.pop(fut)
                 try:
                     result = fut.result()
+                except BrokenProcessPool:
+                    broken = True
+                    for r in group:
+                        store.record_failure(r, WORKER_DIED)
+                        report.failed[r] = WORKER_DIED
                 except Exception as exc:  # noqa: BLE001 - a failing group must not stop the others
                     message = f"{type(exc).__name__}: {exc}"
                     for r in group:
@@ -241,6 +277,22 @@ def train(
                     store.release(r)
                     claimed.discard(r)
                 bar.update(len(group))
+            if broken:
+                # A dead worker breaks the whole pool: every run in flight is lost with it, and the
+                # runs still queued go to a new pool.
+                for fut in list(in_flight):
+                    for r in in_flight.pop(fut):
+                        store.record_failure(r, WORKER_DIED)
+                        report.failed[r] = WORKER_DIED
+                        store.release(r)
+                        claimed.discard(r)
+                        bar.update(1)
+                restarts += 1
+                if restarts > MAX_POOL_RESTARTS:
+                    report.stopped = f"worker processes died {restarts} times; the remaining runs were not started"
+                    break
+                pool.close(cancel=True)
+                pool = make_executor(executor, workers, device)
         pool.close()
     except KeyboardInterrupt:
         report.interrupted = True

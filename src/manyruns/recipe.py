@@ -17,12 +17,13 @@ and, where there is a fixed set, the allowed values. See ``examples/`` for compl
 from __future__ import annotations
 
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -59,6 +60,14 @@ class RecipeError(ValueError):
         super().__init__(prefix + message)
 
 
+class FieldError(ValueError):
+    """A check that spans sections, raised inside validation, naming the field it blames."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(message)
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -67,7 +76,7 @@ class _Section(BaseModel):
 
 
 class Augment(_Section):
-    flip: bool = False
+    flip: StrictBool = False
     """Random horizontal flips with probability 1/2."""
     crop: int = Field(0, ge=0)
     """Random crops after zero padding by this many pixels on each side (0: off)."""
@@ -141,7 +150,7 @@ class OptimizerSection(_Section):
     lr: float = Field(0.1, gt=0)
     momentum: float = Field(0.0, ge=0, lt=1)
     """SGD and RMSprop momentum."""
-    nesterov: bool = False
+    nesterov: StrictBool = False
     weight_decay: float = Field(0.0, ge=0)
     """L2 penalty added to the gradient (decoupled for adamw)."""
     betas: tuple[float, float] = (0.9, 0.999)
@@ -187,10 +196,17 @@ class LabelNoise(_Section):
     scope: Literal["dataset", "run"] = "dataset"
     """dataset: the same corrupted labels for every run at a given p (randomization tests);
     run: each run draws its own."""
-    exclude_true: bool = False
+    exclude_true: StrictBool = False
     """false (as in the randomization papers): the replacement is uniform over all classes and
     may equal the true label, so p = 1 leaves about 1/C of the labels right. true: the
     replacement is uniform over the other classes, so exactly the drawn labels are wrong."""
+
+    @field_validator("p", mode="before")
+    @classmethod
+    def _p_is_a_number(cls, v: Any) -> Any:
+        if isinstance(v, bool) or (isinstance(v, list) and any(isinstance(x, bool) for x in v)):
+            raise ValueError(f"label noise probability must be a number in [0, 1], got {v!r}")
+        return v
 
     @field_validator("p")
     @classmethod
@@ -300,17 +316,17 @@ class RecordSection(_Section):
     logits: list[Literal["train", "test"]] = ["train", "test"]
     """Final logits on the whole training set (every example, trained on or not) and on the
     test set, stored as float16."""
-    metrics: bool = True
+    metrics: StrictBool = True
     """Per-epoch train/test loss and accuracy."""
     train_metrics: Literal["running", "eval"] = "running"
     """running: train loss/accuracy averaged over the epoch's batches (free);
     eval: a separate pass over the run's training subset at the end of each epoch."""
     weights: list[Annotated[int, Field(ge=0)]] = []
     """Epochs at which to keep the flattened parameters (0 = initialization)."""
-    true_prob: bool = False
+    true_prob: StrictBool = False
     """Per-epoch probability of the (run's) label for each training example, taken from the
     forward pass in which the example was trained on (NaN where it was not)."""
-    initial_metrics: bool = False
+    initial_metrics: StrictBool = False
     """Evaluate train/test loss and accuracy before the first step (row 0 of ``metrics``);
     implied when ``weights`` contains epoch 0."""
     features: int = Field(0, ge=0)
@@ -336,16 +352,21 @@ class Recipe(_Section):
     population: PopulationSection = PopulationSection()
     record: RecordSection = RecordSection()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _model_kind_defaults_to_mlp(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("model"), dict) and "kind" not in data["model"]:
+            data = {**data, "model": {**data["model"], "kind": "mlp"}}
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> "Recipe":
         for e in self.record.weights:
             if e > self.training.epochs:
-                raise ValueError(
-                    f"record.weights asks for epoch {e} but training.epochs is {self.training.epochs}"
-                )
+                raise FieldError("record.weights", f"asks for epoch {e} but training.epochs is {self.training.epochs}")
         for m in self.schedule.milestones:
             if m > self.training.epochs:
-                raise ValueError(f"schedule.milestones has epoch {m} > training.epochs = {self.training.epochs}")
+                raise FieldError("schedule.milestones", f"has epoch {m} > training.epochs = {self.training.epochs}")
         return self
 
     # -- construction -------------------------------------------------------------------
@@ -392,8 +413,12 @@ class Recipe(_Section):
         return len(p.subset_levels) * len(p.noise_levels) * len(p.input_levels)
 
 
+_UNION_MEMBER_TAG = re.compile(r"^(literal|list|tuple|dict|set|float|int|str|bool|none)(\[.*\])?$")
+
+
 def _format_loc(loc: tuple[Any, ...]) -> str:
-    parts = [str(x) for x in loc]
+    # Pydantic names the union member that failed ("literal['none',...]", "list[float]"): drop it.
+    parts = [str(x) for x in loc if not (isinstance(x, str) and _UNION_MEMBER_TAG.match(x))]
     # Pydantic puts the discriminator tag of a union member into the path: drop it.
     if len(parts) >= 2 and parts[0] == "model" and parts[1] in MODEL_KINDS:
         parts = [parts[0], *parts[2:]]
@@ -429,6 +454,11 @@ def _as_recipe_error(exc: pydantic.ValidationError, source: str | None, data: di
     loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x.startswith("function-")))
     field = _format_loc(loc)
     kind = err["type"]
+    cause = err.get("ctx", {}).get("error")
+    if isinstance(cause, FieldError):
+        return RecipeError(f"field '{cause.field}': {cause}", field=cause.field, source=source)
+    if field.startswith("population.sweep.") and kind in ("missing", "extra_forbidden"):
+        kind = "model_type"
     if kind == "extra_forbidden":
         allowed = _allowed_fields(loc, data)
         where = f" in [{'.'.join(str(x) for x in loc[:-1] if str(x) not in MODEL_KINDS)}]" if len(loc) > 1 else ""
@@ -449,10 +479,25 @@ def _as_recipe_error(exc: pydantic.ValidationError, source: str | None, data: di
     return RecipeError(msg, field=field, source=source)
 
 
+UNSWEEPABLE_FIELDS = {
+    "data.dataset": "the dataset is one for the whole population (its fingerprint and array shapes "
+    "are fixed when the store is planned)",
+    "training.epochs": "the number of epochs sets the shape of every run's metrics and the "
+    "checkpoints the store keeps, so it is one value for the whole population",
+}
+
+
 def _check_sweep_targets(recipe: Recipe, source: str | None) -> None:
-    """Every sweep key must name an existing field, and its extreme values must validate."""
+    """Every sweep key must name a field that may differ between runs, and its extreme values
+    must validate."""
     for key, spec in recipe.population.sweep.items():
         section, field = key.split(".", 1)
+        if key in UNSWEEPABLE_FIELDS:
+            raise RecipeError(
+                f"field 'population.sweep.{key}': {UNSWEEPABLE_FIELDS[key]}",
+                field=f"population.sweep.{key}",
+                source=source,
+            )
         current = getattr(recipe, section)
         if field not in type(current).model_fields or field == "kind":
             allowed = [f for f in type(current).model_fields if f != "kind"]

@@ -219,32 +219,47 @@ class Store:
     # -- writing a run ------------------------------------------------------------------------
 
     def write_run(self, rec: RunRecord) -> None:
-        """Write every array of one run, then its commit marker (last)."""
+        """Write every array of one run, then its commit marker (last).
+
+        Every row's shape is checked against its array before anything is written: zarr would
+        otherwise crop or broadcast a mismatched row without a word."""
         r = rec.index
         if not 0 <= r < self.num_runs:
             raise StoreError(f"run {r} is outside this store's {self.num_runs} runs")
-        arrays = self.meta["arrays"]
-        self.array("mask/train")[r] = rec.mask
-        self.array("labels/train")[r] = rec.labels.astype(np.int16)
-        self.array("summary")[r] = rec.summary.astype(np.float32)
-        if "metrics" in arrays and rec.metrics is not None:
-            self.array("metrics")[r] = rec.metrics.astype(np.float32)
-        if "logits/train" in arrays:
-            self.array("logits/train")[r] = rec.logits_train.astype(np.float16)
-        if "logits/test" in arrays:
-            self.array("logits/test")[r] = rec.logits_test.astype(np.float16)
-        for name in arrays:
-            if name.startswith("weights/epoch_"):
-                epoch = int(name.rsplit("_", 1)[1])
-                self.array(name)[r] = rec.weights[epoch].astype(np.float32)
-        if "trueprob/train" in arrays:
-            self.array("trueprob/train")[r] = rec.true_prob.astype(np.float16)
-        if "features/train" in arrays and rec.features_train is not None:
-            self.array("features/train")[r] = rec.features_train.astype(np.float16)
-            self.array("features/test")[r] = rec.features_test.astype(np.float16)
+        rows = self._rows_of(rec)
+        for name, value in rows.items():
+            expected = tuple(self.array(name).shape[1:])
+            if value.shape != expected:
+                raise StoreError(f"run {r}: '{name}' has shape {value.shape}, the store expects {expected}")
+        for name, value in rows.items():
+            self.array(name)[r] = value
         self.array("status")[r] = STATUS_CODES[rec.status]
         self.array("committed")[r] = True
         self.clear_failure(r)
+
+    def _rows_of(self, rec: RunRecord) -> dict[str, np.ndarray]:
+        """The rows that ``rec`` writes, by array name, in the store's dtypes."""
+        arrays = self.meta["arrays"]
+        rows = {
+            "mask/train": np.asarray(rec.mask, dtype=bool),
+            "labels/train": rec.labels.astype(np.int16),
+            "summary": rec.summary.astype(np.float32),
+        }
+        if "metrics" in arrays and rec.metrics is not None:
+            rows["metrics"] = rec.metrics.astype(np.float32)
+        if "logits/train" in arrays:
+            rows["logits/train"] = rec.logits_train.astype(np.float16)
+        if "logits/test" in arrays:
+            rows["logits/test"] = rec.logits_test.astype(np.float16)
+        for name in arrays:
+            if name.startswith("weights/epoch_"):
+                rows[name] = rec.weights[int(name.rsplit("_", 1)[1])].astype(np.float32)
+        if "trueprob/train" in arrays:
+            rows["trueprob/train"] = rec.true_prob.astype(np.float16)
+        if "features/train" in arrays and rec.features_train is not None:
+            rows["features/train"] = rec.features_train.astype(np.float16)
+            rows["features/test"] = rec.features_test.astype(np.float16)
+        return rows
 
     def uncommit(self, runs: list[int] | np.ndarray) -> None:
         """Remove the commit markers of ``runs`` so that the next ``train`` redoes them."""
@@ -489,3 +504,19 @@ def grow_imported(store: Store, num_runs: int, source: dict | None = None) -> No
     if source is not None:
         meta["source"] = source
     store._set_meta(meta)
+
+
+def json_safe(obj):
+    """``obj`` (dicts, lists and tuples of numbers, strings, numpy scalars) with numpy scalars as
+    Python values and non-finite floats as None, which JSON writes as ``null``."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return None if not np.isfinite(obj) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj

@@ -64,6 +64,8 @@ def train(
     if report.skipped_claimed:
         line += f" ({report.skipped_claimed} being trained by another process)"
     typer.echo(line)
+    if report.stopped:
+        fail(f"{report.stopped}; `manyruns train {store}` retries them", 1)
     if report.failed:
         first = next(iter(report.failed.items()))
         fail(f"{len(report.failed)} runs failed (run {first[0]}: {first[1]}); `manyruns train {store}` retries them", 1)

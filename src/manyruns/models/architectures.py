@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from ..recipe import MLPSpec, ResNetSpec, SmallCNNSpec, WideResNetSpec
+from ..recipe import MLPSpec, RecipeError, ResNetSpec, SmallCNNSpec, WideResNetSpec
 from .layers import SeededDropout, activation
 
 
@@ -161,7 +161,11 @@ def build_model(spec, input_shape: tuple[int, int, int], num_classes: int) -> nn
         return MLP(c * h * w, list(spec.widths), num_classes, spec.activation, spec.dropout)
     if isinstance(spec, SmallCNNSpec):
         if min(h, w) < 2 ** (spec.layers + 1) - 1:
-            raise ValueError(f"small-cnn with {spec.layers} stride-2 'valid' layers needs inputs of at least {2 ** (spec.layers + 1) - 1} pixels, got {h}x{w}")
+            raise RecipeError(
+                f"field 'model.layers': small-cnn with {spec.layers} stride-2 'valid' layers needs inputs of at least "
+                f"{2 ** (spec.layers + 1) - 1} pixels, and this dataset's are {h}x{w}",
+                field="model.layers",
+            )
         return SmallCNN(c, num_classes, spec.channels, spec.layers, spec.activation, spec.dropout)
     if isinstance(spec, ResNetSpec):
         return ResNet(c, num_classes, list(spec.blocks), spec.width, spec.activation, spec.dropout)

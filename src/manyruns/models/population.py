@@ -12,6 +12,9 @@ Three forms, all built from G canonical single networks (so initialization is id
 
 Each run's computations touch only its own slice, so a run's trajectory does not depend on the
 other runs in its group: with one intra-op thread the results are bitwise the same for any G.
+For the batched products this also needs every run's slice of every operand on the same
+memory alignment: batches are padded to a multiple of ``ROW_MULTIPLE`` rows, and 'auto' trains
+MLPs whose weight shapes would break it (:func:`stacked_weights_aligned`) with the loop form.
 """
 
 from __future__ import annotations
@@ -102,6 +105,25 @@ class _LowPrecisionBatchedLinear(torch.autograd.Function):
         return grad_h, grad_w, grad_b, None
 
 
+ROW_MULTIPLE = 32
+
+
+def _pad_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x (G, b, ...)`` with zero rows appended up to a multiple of ``ROW_MULTIPLE`` examples.
+
+    Batched matrix products give a run the same bits wherever it sits in the group only when
+    every run's slice of each operand starts on the same alignment. With ``b`` rows of ``o``
+    outputs a run's slice starts ``g * b * o`` elements in, so an odd ``b`` (the last batch of
+    an epoch, the last chunk of an evaluation) and 10 classes put odd runs on another alignment
+    than even ones, and MKL rounds them differently. The padded rows carry zero gradients.
+    """
+    b = x.shape[1]
+    extra = -b % ROW_MULTIPLE
+    if extra == 0:
+        return x
+    return torch.cat([x, x.new_zeros(x.shape[0], extra, *x.shape[2:])], dim=1)
+
+
 class StackedMLP(PopulationModule):
     """G MLPs as batched matrix products. ``precision='bfloat16'`` runs the products in
     bfloat16 with float32 master weights, float32 gradients and a float32 loss."""
@@ -130,12 +152,16 @@ class StackedMLP(PopulationModule):
             self._low_versions = [-1] * len(self.weights)
         self.generators: list[torch.Generator | None] = [None] * self.size
 
-    def _dropout(self, h: torch.Tensor) -> torch.Tensor:
+    def _dropout(self, h: torch.Tensor, rows: int) -> torch.Tensor:
+        """Dropout on ``h (G, b_padded, width)``; each run's masks for its ``rows`` real examples
+        come from its own generator, as in the single network."""
         if not self.training or self.dropout == 0.0:
             return h
         keep = torch.stack([
-            torch.rand(h.shape[1:], generator=gen, device=h.device) >= self.dropout for gen in self.generators
+            torch.rand((rows, *h.shape[2:]), generator=gen, device=h.device) >= self.dropout for gen in self.generators
         ])
+        if rows < h.shape[1]:
+            keep = torch.cat([keep, keep.new_zeros(h.shape[0], h.shape[1] - rows, *h.shape[2:])], dim=1)
         return h * keep / (1.0 - self.dropout)
 
     def _layer(self, h: torch.Tensor, i: int) -> torch.Tensor:
@@ -150,16 +176,18 @@ class StackedMLP(PopulationModule):
         return _LowPrecisionBatchedLinear.apply(h.to(self.compute_dtype), w, b, low)
 
     def _hidden(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.flatten(2)
+        """Last hidden activations ``(G, b_padded, width)`` of ``x (G, b, ...)``."""
+        rows = x.shape[1]
+        h = _pad_rows(x).flatten(2)
         for i in range(len(self.weights) - 1):
-            h = self._dropout(self.act(self._layer(h, i)))
+            h = self._dropout(self.act(self._layer(h, i)), rows)
         return h
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._layer(self._hidden(x), len(self.weights) - 1).float()
+        return self._layer(self._hidden(x), len(self.weights) - 1)[:, : x.shape[1]].float()
 
     def features_shared(self, x: torch.Tensor) -> torch.Tensor:
-        return self._hidden(x.unsqueeze(0).expand(self.size, *x.shape))
+        return self._hidden(x.unsqueeze(0).expand(self.size, *x.shape))[:, : x.shape[0]]
 
     def set_dropout_generators(self, generators: list[torch.Generator]) -> None:
         self.generators = list(generators)
@@ -229,9 +257,24 @@ class _FeaturesOf(nn.Module):
         return self.net.features(x)
 
 
-def choose_strategy(model_kind: str, device: torch.device, has_dropout: bool) -> str:
-    """The population form to use when the caller says 'auto' (see module docstring)."""
+def stacked_weights_aligned(layer_sizes: list[int], precision: str = "float32") -> bool:
+    """Whether every run's slice of each stacked ``(G, in, out)`` weight (and of its gradient)
+    starts 64 bytes after the previous run's: ``layer_sizes`` is ``[inputs, *widths, classes]``.
+
+    Only then are the batched products bitwise the same for a run wherever it sits in its
+    group; a width such as 100 before 10 classes (1,000 floats per run) is not."""
+    elements = 32 if precision == "bfloat16" else 16
+    return all((a * b) % elements == 0 for a, b in zip(layer_sizes[:-1], layer_sizes[1:]))
+
+
+def choose_strategy(model_kind: str, device: torch.device, has_dropout: bool, layer_sizes: list[int] | None = None, precision: str = "float32") -> str:
+    """The population form to use when the caller says 'auto' (see module docstring).
+
+    MLPs use the stacked form, unless ``layer_sizes`` (``[inputs, *widths, classes]``) leave
+    some run's weights off alignment on CPU, where results would then depend on the group."""
     if model_kind == "mlp":
+        if device.type == "cpu" and layer_sizes is not None and not stacked_weights_aligned(layer_sizes, precision):
+            return "loop"
         return "stacked"
     if model_kind == "small-cnn" and device.type == "cuda" and not has_dropout:
         return "vmap"

@@ -70,10 +70,15 @@ def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch
     return ce.mean(1), (logits.argmax(-1) == labels).float().mean(1)
 
 
-def resolve_strategy(recipe: Recipe, device: torch.device, strategy: str) -> str:
+def resolve_strategy(recipe: Recipe, device: torch.device, strategy: str, input_shape: tuple[int, ...] | None = None, num_classes: int | None = None) -> str:
+    """The population form: ``strategy`` unless 'auto'. With the data's ``input_shape`` and
+    ``num_classes``, 'auto' also checks that the stacked MLP keeps runs independent."""
     if strategy != "auto":
         return strategy
-    return choose_strategy(recipe.model.kind, device, recipe.model.dropout > 0)
+    sizes = None
+    if recipe.model.kind == "mlp" and input_shape is not None and num_classes is not None:
+        sizes = [math.prod(input_shape), *recipe.model.widths, num_classes]
+    return choose_strategy(recipe.model.kind, device, recipe.model.dropout > 0, sizes, recipe.training.precision)
 
 
 def train_group(
@@ -96,7 +101,7 @@ def train_group(
     n = subset_sizes.pop()
 
     models = [create_model(recipe.model, data.input_shape, C, r.seeds.init).to(device) for r in runs]
-    strategy = resolve_strategy(recipe, device, strategy)
+    strategy = resolve_strategy(recipe, device, strategy, data.input_shape, C)
     pop = make_population(models, strategy, recipe.training.precision).to(device)
     pop.set_dropout_generators([torch.Generator(device=device).manual_seed(r.seeds.dropout) for r in runs])
     opt = make_optimizer(pop.parameters(), recipe.optimizer)
