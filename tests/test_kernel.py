@@ -3,14 +3,19 @@ implementation of its definition on small real stores."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.special import logsumexp, softmax
@@ -21,6 +26,8 @@ from manyruns.analysis.kernel import (
     ArrayLogits,
     ColumnMoments,
     KernelOptions,
+    Workspace,
+    column_moments,
     Neighbours,
     PopulationLogits,
     kernel_matrix,
@@ -31,7 +38,7 @@ from manyruns.analysis.kernel import (
     save_neighbours,
     stored_or_computed,
 )
-from manyruns.analysis.knn import knn_evaluate, knn_predict
+from manyruns.analysis.knn import knn_accuracy, knn_evaluate, knn_predict
 from manyruns.analysis.pairs import drop_mirrored, feature_neighbours, kernel_vs_features_grid, neighbour_grid, parse_ranks, rank_pairs, select_ranks
 from manyruns.data import load_dataset
 from manyruns.formats.multirun import import_multirun_logits
@@ -41,6 +48,8 @@ from .conftest import tiny_recipe
 from .logfiles import write_log
 
 SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "kernel" / "run_kernel_experiment.py"
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch.cuda.is_available() is False: no CUDA device to compare against the CPU")
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -428,3 +437,156 @@ def test_row_topk_equals_a_full_sort(k, width, seed):
     expected = np.argsort(-values.numpy(), axis=1, kind="stable")[:, :k]
     assert np.array_equal(where.numpy(), expected)
     assert np.array_equal(top.numpy(), np.take_along_axis(values.numpy(), expected, axis=1))
+
+
+# ------------------------------------------------------------------------- CLI options
+
+
+@pytest.fixture
+def own_store(tmp_path, trained):
+    """A copy of the trained store: the commands below overwrite its analysis groups."""
+    path = tmp_path / "store"
+    shutil.copytree(trained.path, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "args, api, stored",
+    [
+        (["--queries", "train"], {"queries": "train"}, "analysis/kernel-train"),
+        (["--no-log-softmax"], {"log_softmax": False}, "analysis/kernel-test-raw"),
+        (["--runs", "4"], {"runs": 4}, "analysis/kernel-test"),
+        (["--classes", "3"], {"classes": [3]}, "analysis/kernel-test-class-3"),
+        (["--classes", "0,2", "--no-log-softmax", "--runs", "3", "--queries", "train"], {"classes": [0, 2], "log_softmax": False, "runs": 3, "queries": "train"}, "analysis/kernel-train-raw-class-0-2"),
+    ],
+)
+def test_cli_kernel_options_match_the_api(tmp_path, own_store, args, api, stored):
+    out = tmp_path / "nb.npz"
+    result = invoke("kernel", str(own_store), "--k", "5", *args, "--out", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    pop = manyruns.open(own_store)
+    expected = neighbours(pop, 5, **api)
+    saved = np.load(out)
+    assert saved["indices"].dtype == np.int64 and saved["values"].dtype == np.float32
+    assert np.array_equal(saved["indices"], expected.indices) and np.array_equal(saved["values"], expected.values)
+    queries = api.get("queries", "test")
+    runs = api.get("runs", pop.num_runs)
+    assert saved["indices"].shape == (pop.targets(queries).size, 5)
+    assert info["stored"] == stored and info["runs"] == runs and info["queries"] == queries and info["queries_count"] == pop.targets(queries).size
+    assert info["log_softmax"] is api.get("log_softmax", True) and info["classes"] == api.get("classes")
+    kept = load_neighbours(pop, stored.split("/", 1)[1])
+    assert np.array_equal(kept.indices, expected.indices) and np.array_equal(kept.runs, np.arange(runs))
+    if queries == "train":
+        assert not (saved["indices"] == np.arange(pop.targets("train").size)[:, None]).any()
+    default = neighbours(pop, 5)
+    assert not np.array_equal(saved["values"], default.values)  # the option reached the kernel
+
+
+def test_cli_knn_power_matches_the_api(own_store):
+    pop = manyruns.open(own_store)
+    y_train, y_test = pop.targets("train"), pop.targets("test")
+    for power in ("0", "4"):
+        result = invoke("knn", str(own_store), "--k", "5", "--power", power, "--runs", "3,6", "--json")
+        assert result.exit_code == 0, result.output
+        info = json.loads(result.stdout)
+        expected = knn_evaluate(pop, 5, float(power), [3, 6])
+        assert info["power"] == float(power) and info["k"] == 5
+        assert info["accuracy"] == expected.accuracy and info["ensemble_accuracy"] == expected.ensemble_accuracy
+        assert info["by_runs"] == expected.by_runs
+        assert info["accuracy"] == knn_accuracy(neighbours(pop, 5), y_train, y_test, pop.classes, 5, float(power))
+        assert info["by_runs"][0]["accuracy"] == knn_accuracy(neighbours(pop, 5, runs=3), y_train, y_test, pop.classes, 5, float(power))
+        assert dict(pop.store.group["analysis/knn"].attrs["params"])["power"] == float(power)
+
+
+# ------------------------------------------------------------------- the experiment script
+
+
+def test_experiment_counts_training_pairs_over_queries_and_distinct_pairs(trained):
+    spec = importlib.util.spec_from_file_location("run_kernel_experiment", EXPERIMENT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    # 0 <-> 1 and 2 <-> 3 are each other's nearest; 4's nearest is 0
+    nb = Neighbours(np.array([[1], [0], [3], [2], [0]]), np.array([[0.9], [0.9], [0.8], [0.8], [0.5]], dtype=np.float32))
+    table, counts = script.train_pair_counts(nb, np.array([0, 1, 0, 0, 1]))
+    assert counts["queries"] == 5 and counts["distinct_pairs"] == 3 == len(table)
+    assert counts["nearest_label_differs"] == {"queries": 3, "distinct_pairs": 2}
+    assert counts["top1_kernel"]["mean_over_queries"] == pytest.approx(0.78)
+    assert counts["top1_kernel"]["mean_over_distinct_pairs"] == pytest.approx((0.9 + 0.8 + 0.5) / 3)
+    assert counts["top1_kernel"]["max"] == pytest.approx(0.9)
+    # on a real population: the count over queries is that of every train example's nearest
+    y = trained.targets("train")
+    nb = neighbours(trained, 1, "train")
+    table, counts = script.train_pair_counts(nb, y)
+    assert counts["queries"] == y.size and counts["nearest_label_differs"]["queries"] == int((y[nb.indices[:, 0]] != y).sum())
+    assert counts["distinct_pairs"] == len(table) == len(drop_mirrored(rank_pairs(nb, y, y, query_name="query"))) < y.size
+    assert counts["nearest_label_differs"]["distinct_pairs"] == int((table.query_label != table.train_label).sum())
+
+
+# ----------------------------------------------------------------------------------- CUDA
+
+
+CUDA_OPTIONS = [
+    KernelOptions(),
+    KernelOptions(log_softmax=False),
+    KernelOptions(classes=(3,)),
+    KernelOptions(classes=(0, 2), log_softmax=False),
+    KernelOptions(block_runs=2, tile=300),
+    KernelOptions(memory_gb=2e-4),
+]
+
+
+@needs_cuda
+@pytest.mark.parametrize("queries", ["test", "train"])
+@pytest.mark.parametrize("options", CUDA_OPTIONS, ids=lambda o: f"ls{int(o.log_softmax)}-c{o.classes}-b{o.block_runs}-t{o.tile}-m{o.memory_gb}")
+def test_cuda_kernel_matches_cpu(imported, queries, options):
+    source = PopulationLogits(imported)
+    cpu = kernel_matrix(source, queries, options)
+    gpu = kernel_matrix(source, queries, dataclasses.replace(options, device="cuda"))
+    assert gpu.shape == cpu.shape and gpu.dtype == np.float32
+    assert np.abs(gpu - cpu).max() < 2e-5
+    top_cpu = kernel_topk(source, 7, queries, options)
+    top_gpu = kernel_topk(source, 7, queries, dataclasses.replace(options, device="cuda"))
+    assert top_gpu.indices.dtype == np.int64 and top_gpu.values.dtype == np.float32
+    assert np.abs(top_gpu.values - top_cpu.values).max() < 2e-5
+    assert np.abs(np.take_along_axis(cpu, top_gpu.indices, 1) - top_cpu.values).max() < 2e-5  # ties may swap places
+    if queries == "train":
+        assert not (top_gpu.indices == np.arange(cpu.shape[0])[:, None]).any()
+
+
+@needs_cuda
+def test_cuda_moments_bfloat16_and_workspace_match_cpu(imported):
+    source = PopulationLogits(imported)
+    cpu_mean, cpu_std = column_moments(source, "train", block_runs=4).mean_std()
+    gpu_mean, gpu_std = column_moments(source, "train", KernelOptions(device="cuda"), block_runs=4).mean_std()
+    assert gpu_mean.device.type == "cuda"
+    assert np.allclose(gpu_mean.cpu().numpy(), cpu_mean.numpy(), atol=1e-6) and np.allclose(gpu_std.cpu().numpy(), cpu_std.numpy(), atol=1e-6)
+    exact = kernel_topk(source, 5, "test")
+    fast = kernel_topk(source, 5, "test", KernelOptions(precision="bfloat16", device="cuda"))
+    assert np.abs(fast.values - exact.values).max() < 0.01 and np.mean(fast.indices[:, 0] == exact.indices[:, 0]) > 0.9
+    ws = Workspace("cuda")
+    first = neighbours(imported, 5, device="cuda", workspace=ws)
+    again = neighbours(imported, 5, runs=4, device="cuda", workspace=ws)
+    for nb, runs in ((first, None), (again, 4)):
+        cpu = neighbours(imported, 5, runs=runs)
+        assert np.abs(nb.values - cpu.values).max() < 2e-5 and np.array_equal(nb.runs, cpu.runs)
+
+
+@needs_cuda
+def test_cuda_knn_and_cli_match_cpu(tmp_path, imported):
+    n_test = imported.targets("test").size
+    cpu = knn_evaluate(imported, 3, 4.0, [2, 4])
+    gpu = knn_evaluate(imported, 3, 4.0, [2, 4], device="cuda")
+    for a, b in zip([cpu.accuracy] + [r["accuracy"] for r in cpu.by_runs], [gpu.accuracy] + [r["accuracy"] for r in gpu.by_runs]):
+        assert abs(a - b) <= 1 / n_test + 1e-12
+    store = tmp_path / "store"
+    shutil.copytree(imported.path, store)
+    result = invoke("kernel", str(store), "--k", "5", "--device", "cuda", "--queries", "train", "--out", str(tmp_path / "nb.npz"))
+    assert result.exit_code == 0, result.output
+    saved = np.load(tmp_path / "nb.npz")
+    expected = neighbours(imported, 5, "train")
+    assert np.abs(saved["values"] - expected.values).max() < 2e-5
+    assert not (saved["indices"] == np.arange(imported.targets("train").size)[:, None]).any()
+    result = invoke("knn", str(store), "--k", "3", "--power", "4", "--device", "cuda", "--json")
+    assert result.exit_code == 0, result.output
+    assert abs(json.loads(result.stdout)["accuracy"] - cpu.accuracy) <= 1 / n_test + 1e-12

@@ -129,3 +129,59 @@ def test_cli_import_several_files_and_errors(tmp_path, cifar):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "bad.pt" in lines[0] and "(2, 39, 10)" in lines[0]
     assert manyruns.open(tmp_path / "c10").num_runs == 5
+
+
+def _float_log(path, data, dtype=torch.float32, seed=0, **changes):
+    """A file of 3 runs whose logits are of ``dtype``; ``changes`` maps key -> (index, value)."""
+    obj = write_log(path, 3, data.y_train, data.y_test, seed=seed, tta=True)
+    tensors = {key: obj[key].to(dtype) for key in ("logits", "logits_train", "logits_tta")}
+    for key, (index, value) in changes.items():
+        tensors[key][index] = value
+    write_log(path, 3, data.y_train, data.y_test, seed=seed, tta=True, **tensors)
+    return tensors
+
+
+@pytest.mark.parametrize(
+    "key, value, dtype, shown",
+    [
+        ("logits_train", 7e4, torch.float32, "70000"),
+        ("logits", -1e5, torch.float32, "100000"),
+        ("logits_tta", 65520.0, torch.float32, "65520"),
+        ("logits", 3e38, torch.float64, "3e+38"),
+        ("logits_train", -2e5, torch.bfloat16, "199680"),
+    ],
+)
+def test_finite_logits_beyond_float16_are_refused(tmp_path, cifar, key, value, dtype, shown):
+    root, data = cifar
+    write_log(tmp_path / "good.pt", 2, data.y_train, data.y_test, tta=True)
+    store = tmp_path / "c10"
+    import_multirun_logits([tmp_path / "good.pt"], store, "cifar10", root)
+    before = manyruns.open(store).load("logits/train", "all")
+    _float_log(tmp_path / "more.pt", data, seed=4)
+    _float_log(tmp_path / "big.pt", data, dtype, seed=5, **{key: ((1, 3, 2), value)})
+    with pytest.raises(MultirunFormatError) as info:
+        import_multirun_logits([tmp_path / "more.pt", tmp_path / "big.pt"], store, "cifar10", root)
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'big.pt'}: '{key}' ") and f"|x| = {shown}," in message and "float16" in message
+    pop = manyruns.open(store)
+    assert pop.num_runs == 2 and np.array_equal(pop.load("logits/train", "all"), before)
+
+
+def test_float32_logits_keep_non_finite_runs_as_diverged(tmp_path, cifar):
+    root, data = cifar
+    tensors = _float_log(
+        tmp_path / "f32.pt", data,
+        logits=((1, 0, 3), float("inf")), logits_train=((1, 5, 0), float("nan")), logits_tta=((0, 2, 1), 65519.0),
+    )
+    tensors["logits_train"][2, 7, 4] = -float("inf")
+    write_log(tmp_path / "f32.pt", 3, data.y_train, data.y_test, tta=True, **tensors)
+    summary = import_multirun_logits([tmp_path / "f32.pt"], tmp_path / "c10", "cifar10", root)
+    assert summary["runs_added"] == 3
+    pop = manyruns.open(tmp_path / "c10")
+    assert pop.runs.status.tolist() == ["ok", "diverged", "diverged"]
+    for key, name in (("logits", "logits/test"), ("logits_train", "logits/train"), ("logits_tta", "logits/test_tta")):
+        stored = pop.load(name, "all")
+        assert stored.dtype == np.float16
+        assert np.array_equal(stored, tensors[key].to(torch.float16).numpy(), equal_nan=True)
+    assert pop.load("logits/test_tta", "all")[0, 2, 1] == 65504
+    assert np.isposinf(pop.load("logits/test", "all")[1, 0, 3]) and np.isnan(pop.load("logits/train", "all")[1, 5, 0])

@@ -10,13 +10,16 @@ Each file is a torch-saved dict::
 
 The labels are not in the files: they come from the dataset named on import (its own order).
 Importing validates every file against that dataset first (shapes, class count, example
-counts) and appends nothing unless all files pass. Runs append to the store in file order;
-the training scripts are kept (once per distinct text) in the store's ``source`` attribute.
+counts, and that finite logits of other dtypes fit the store's float16) and appends nothing
+unless all files pass; NaN or infinite logits are kept and mark their run diverged. Runs
+append to the store in file order; the training scripts are kept (once per distinct text) in
+the store's ``source`` attribute.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +34,8 @@ from ..store import SUMMARY_COLUMNS, Store, StoreError
 
 FORMAT = "multirun-logits"
 REQUIRED = ("logits", "logits_train")
+STORED_DTYPE = torch.float16
+CHECK_ELEMENTS = 1 << 24
 
 
 class MultirunFormatError(ValueError):
@@ -81,6 +86,24 @@ def _tensor(obj: dict, key: str, path: Path) -> torch.Tensor:
     return value
 
 
+def _check_stored_range(path: Path, key: str, value: torch.Tensor) -> None:
+    """Refuse finite values that become infinite in the store's float16 (NaN and infinities in
+    the file are kept: they mark a diverged run)."""
+    if value.dtype == STORED_DTYPE or value.numel() == 0:
+        return
+    step = max(1, CHECK_ELEMENTS // max(1, math.prod(value.shape[1:])))
+    largest = 0.0
+    for i in range(0, value.shape[0], step):
+        block = value[i : i + step]
+        largest = max(largest, float(block.abs().masked_fill_(~torch.isfinite(block), 0).max()))
+    if torch.tensor([largest], dtype=torch.float64).to(value.dtype).to(STORED_DTYPE).isinf().item():
+        limit = float(torch.finfo(STORED_DTYPE).max)
+        raise MultirunFormatError(
+            f"{path}: '{key}' ({value.dtype}) holds finite values up to |x| = {largest:g}, which overflow the float16 "
+            f"the store keeps logits in (largest finite value {limit:g}); rescale or clip them before importing"
+        )
+
+
 def read_log(path: str | os.PathLike, n_train: int, n_test: int, num_classes: int) -> MultirunLog:
     """Open ``path`` and check it against a dataset of ``n_train`` train and ``n_test`` test
     examples in ``num_classes`` classes; raises :class:`MultirunFormatError` naming the file,
@@ -115,6 +138,9 @@ def read_log(path: str | os.PathLike, n_train: int, n_test: int, num_classes: in
         accs = np.asarray(raw.float().numpy() if isinstance(raw, torch.Tensor) else raw, dtype=np.float64).reshape(-1)
         if accs.shape != (R,):
             raise MultirunFormatError(f"{path}: 'accs' has {accs.size} values, expected one per run ({R})")
+    for key, value in (("logits", test), ("logits_train", train), ("logits_tta", tta)):
+        if value is not None:
+            _check_stored_range(path, key, value)
     code = obj.get("code")
     if isinstance(code, bytes):
         code = code.decode("utf-8", errors="replace")
