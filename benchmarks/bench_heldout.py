@@ -4,15 +4,21 @@ and correctness, against the floor and against a straightforward dense implement
 Synthetic population: ``--runs`` runs (default 2,000), each trained on a random 70% of
 ``--train`` examples (default 60,000) and scored on ``--test`` examples (default 10,000).
 Example difficulty ``d ~ Beta(0.3, 3)``; a run gets a held-out example right with probability
-``1 - d``, an example it trained on with ``1 - d / 10``, a test example with ``1 - d``. Blocks of
-runs are generated on the fly (each run from its own seeds), so nothing holds all runs;
-generating them plays the part of reading a store and is timed separately ('read').
+``1 - d``, an example it trained on with ``1 - d / 10``, a test example with ``1 - d``. Planted
+pairs (``--planted``, default 1,000): a training example of difficulty 1 (right with probability
+0.9 when trained on, never when held out: memorization 0.9) and a test example of its class that
+a run gets right with probability 0.95 when the training example is in its subset and 0.05
+otherwise (influence 0.9), so that the pairs above the published thresholds are collected.
+Blocks of runs are generated on the fly (each run from its own seeds), so nothing holds all
+runs; generating them plays the part of reading a store and is timed separately ('read').
 
 Measured, each in a fresh process (so that its peak resident memory is its own):
 
 * ``memorization``: the streaming estimator (membership sums, split halves, labels);
 * ``influence``: the streaming estimator with the top ``--top`` influencers per test example
-  and the pairs above the published thresholds, for each ``--precisions`` entry;
+  and the pairs above the published thresholds (with the split halves unless
+  ``--no-split-half``), for each ``--precisions`` entry; it reports how many planted pairs it
+  found and how many other pairs;
 * ``dense``: the straightforward implementation, with every run's float32 masks and
   correctness in memory, memorization as masked means, influence as two float32 matrix
   products (in and out), top-k by ``argpartition``, pairs by comparison; its results are
@@ -25,8 +31,8 @@ Floors, from rates measured in the same run with all cores: influence, the main 
 which is no matrix product, the bytes of masks and correctness (1 byte per run and example
 each) over the measured memory-read bandwidth.
 
-    python benchmarks/bench_heldout.py [--runs 2000 --train 60000 --test 10000]
-        [--precisions int8,bfloat16,float32] [--skip-dense] [--memory-runs 1000,2000]
+    python benchmarks/bench_heldout.py [--runs 2000 --train 60000 --test 10000 --planted 1000]
+        [--precisions int8,bfloat16,float32] [--skip-dense] [--memory-runs 1000,2000] [--no-split-half]
 """
 
 from __future__ import annotations
@@ -59,7 +65,7 @@ class SyntheticSource:
     value = "correct"
     binary = True
 
-    def __init__(self, runs: int, n_train: int, n_test: int, seed: int = 0):
+    def __init__(self, runs: int, n_train: int, n_test: int, planted: int = 0, seed: int = 0):
         self.runs = np.arange(runs)
         self.n_train, self.n_test = n_train, n_test
         self.where = f"synthetic({runs} x {n_train} x {n_test})"
@@ -68,7 +74,17 @@ class SyntheticSource:
         self.difficulty_test = torch.from_numpy(rng.beta(0.3, 3.0, n_test).astype(np.float32))
         self.y_train = rng.integers(0, CLASSES, n_train)
         self.y_test = rng.integers(0, CLASSES, n_test)
+        planted = min(planted, n_train, n_test)
+        self.planted_train = np.sort(rng.choice(n_train, planted, replace=False))
+        self.planted_test = rng.choice(n_test, planted, replace=False)
+        self.difficulty_train[torch.from_numpy(self.planted_train)] = 1.0
+        self.y_test[self.planted_test] = self.y_train[self.planted_train]
+        self._planted = (torch.from_numpy(self.planted_train), torch.from_numpy(self.planted_test))
         self.seed = seed
+
+    def planted_pairs(self) -> set[tuple[int, int]]:
+        """The planted ``(train, test)`` pairs."""
+        return set(zip(self.planted_train.tolist(), self.planted_test.tolist()))
 
     def cells(self) -> np.ndarray:
         return np.zeros(self.runs.size, dtype=np.int64)
@@ -108,7 +124,9 @@ class SyntheticSource:
                 train_values[k] = (torch.rand(self.n_train, generator=torch.Generator().manual_seed(base + 1)) < p).numpy()
             if test:
                 u = torch.rand(self.n_test, generator=torch.Generator().manual_seed(base + 2))
-                test_values[k] = (u < 1 - self.difficulty_test).numpy()
+                p = 1 - self.difficulty_test
+                p[self._planted[1]] = torch.where(m[self._planted[0]], 0.95, 0.05)
+                test_values[k] = (u < p).numpy()
         labels = np.broadcast_to(self.y_train.astype(np.int16), (b, self.n_train)) if train else None
         return HeldoutBlock(runs, mask, labels, train_values, test_values)
 
@@ -150,7 +168,7 @@ def read_bandwidth(gb: float = 1.0) -> float:
 
 
 def work_memorization(args) -> dict:
-    source = SyntheticSource(args.runs, args.train, args.test)
+    source = SyntheticSource(args.runs, args.train, args.test, args.planted)
     read = _generation_seconds(source, args.block_size, train=True, test=False)
     t0 = time.perf_counter()
     result = memorization_from_source(source, args.block_size)
@@ -166,11 +184,16 @@ def _generation_seconds(source, block_size, train, test) -> float:
 
 
 def work_influence(args) -> dict:
-    source = SyntheticSource(args.runs, args.train, args.test)
+    source = SyntheticSource(args.runs, args.train, args.test, args.planted)
     profile: dict = {}
     t0 = time.perf_counter()
-    result = influence_from_source(source, top=args.top, block_size=args.block_size, max_block_bytes=int(args.max_memory_gb * 2**30), precision=args.precision, profile=profile)
+    result = influence_from_source(
+        source, top=args.top, block_size=args.block_size, max_block_bytes=int(args.max_memory_gb * 2**30), precision=args.precision, profile=profile,
+        split_half=not args.no_split_half,
+    )
     total = time.perf_counter() - t0
+    found = set(zip(result.pairs.train_index.tolist(), result.pairs.test_index.tolist()))
+    planted = source.planted_pairs()
     out = {
         "precision": args.precision,
         "seconds_total": total,
@@ -181,6 +204,11 @@ def work_influence(args) -> dict:
         "block_size": args.block_size,
         "pairs": int(len(result.pairs)),
         "pairs_found": result.params["pairs_found"],
+        "planted": len(planted),
+        "planted_found": len(found & planted),
+        "other_pairs": len(found - planted),
+        "split_half": not args.no_split_half,
+        "pair_stability": result.pair_stability.to_dict() if result.pair_stability is not None else None,
         "varying_test_rows": result.params["varying_test_rows"],
         "column_width": result.params["column_width"],
         "peak_rss_gb": peak_rss_gb(),
@@ -192,7 +220,7 @@ def work_influence(args) -> dict:
 
 def work_dense(args) -> dict:
     """The straightforward implementation: everything in memory, two float32 products."""
-    source = SyntheticSource(args.runs, args.train, args.test)
+    source = SyntheticSource(args.runs, args.train, args.test, args.planted)
     blocks = list(source.blocks(args.block_size, train=True, test=True))
     mask = np.concatenate([b.mask for b in blocks]).astype(np.float32)
     correct_train = np.concatenate([b.train for b in blocks]).astype(np.float32)
@@ -219,13 +247,22 @@ def work_dense(args) -> dict:
     return out
 
 
+def _pair_agreement(stability: dict | None) -> str:
+    if stability is None:
+        return ""
+    agreement = stability["pair_agreement"]
+    return f"split-half pair agreement {agreement:.2f}; " if agreement is not None else "split-half pair agreement n/a; "
+
+
 WORKERS = {"memorization": work_memorization, "influence": work_influence, "dense": work_dense}
 
 
 def run_worker(kind: str, args, **extra) -> dict:
     cmd = [sys.executable, __file__, "--worker", kind, "--runs", str(extra.get("runs", args.runs)), "--train", str(args.train), "--test", str(args.test),
            "--top", str(args.top), "--block-size", str(extra.get("block_size", args.block_size)), "--max-memory-gb", str(args.max_memory_gb),
-           "--precision", extra.get("precision", "auto"), "--threads", str(args.threads)]
+           "--precision", extra.get("precision", "auto"), "--threads", str(args.threads), "--planted", str(args.planted)]
+    if args.no_split_half:
+        cmd.append("--no-split-half")
     if args.finish_tile_elements:
         cmd += ["--finish-tile-elements", str(args.finish_tile_elements)]
     for key in ("save", "compare"):
@@ -243,6 +280,8 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=60000)
     parser.add_argument("--test", type=int, default=10000)
     parser.add_argument("--top", type=int, default=10)
+    parser.add_argument("--planted", type=int, default=1000, help="planted high-influence pairs (see the module docstring)")
+    parser.add_argument("--no-split-half", action="store_true", help="influence without the split halves (one accumulator, one finish)")
     parser.add_argument("--block-size", type=int, default=2048, help="runs per block (the products' inner dimension)")
     parser.add_argument("--max-memory-gb", type=float, default=1.0, help="accumulator memory per column block of train examples")
     parser.add_argument("--precisions", default="int8,bfloat16,float32")
@@ -272,7 +311,7 @@ def main() -> None:
     bandwidth = read_bandwidth()
     print("GEMM rates (GFLOP/s): " + ", ".join(f"{k} {v / 1e9:,.0f}" for k, v in rates.items()) + f"; read bandwidth {bandwidth / 1e9:.1f} GB/s", flush=True)
     results: dict = {"machine": info, "threads": args.threads, "finish_tile_elements": influence_module.FINISH_TILE_ELEMENTS, "runs": R, "train": N, "test": T, "top": args.top, "block_size": args.block_size,
-                     "max_memory_gb": args.max_memory_gb, "gemm_rate": rates, "read_bandwidth": bandwidth}
+                     "max_memory_gb": args.max_memory_gb, "planted": args.planted, "split_half": not args.no_split_half, "gemm_rate": rates, "read_bandwidth": bandwidth}
 
     mem = run_worker("memorization", args)
     mem["floor_seconds"] = 2 * R * N / bandwidth
@@ -298,7 +337,8 @@ def main() -> None:
         prof = ", ".join(f"{k} {v:.2f}" for k, v in res["profile"].items())
         print(f"influence [{precision}]: {res['seconds']:.2f} s (+{res['seconds_read']:.2f} s generating); floor {res['floor_seconds']:.2f} s "
               f"({res['vs_floor']:.2f}x; {res['floor_seconds_rows_multiplied']:.2f} s for the {res['varying_test_rows']:,} varying test rows after the first pass); "
-              f"{res['passes']} passes; {res['pairs']} pairs; peak {res['peak_rss_gb']:.2f} GB; [{prof}]", flush=True)
+              f"{res['passes']} passes; {res['pairs']} pairs ({res['planted_found']} of {res['planted']} planted, {res['other_pairs']} others); "
+              f"{_pair_agreement(res['pair_stability'])}peak {res['peak_rss_gb']:.2f} GB; [{prof}]", flush=True)
 
     if not args.skip_dense:
         dense = run_worker("dense", args, compare=saved)

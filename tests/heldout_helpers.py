@@ -180,3 +180,73 @@ def check_topk(top_index: np.ndarray, top_value: np.ndarray, dense: np.ndarray, 
         assert len(set(got.tolist())) == got.size
         np.testing.assert_allclose(top_value[j][: got.size], row[got], atol=1e-5)
         np.testing.assert_allclose(np.sort(row[got])[::-1], expected, atol=1e-5)
+
+
+def dense_learning_speed(trueprob: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Learning-speed proxy of ``trueprob (R, E, N)`` (NaN where a run did not train on the
+    example), by loops: the mean of all finite values, their number, the runs with any, and the
+    standard error over runs of the per-run means over epochs."""
+    R, E, N = trueprob.shape
+    mean, se = np.full(N, np.nan), np.full(N, np.nan)
+    count, runs = np.zeros(N), np.zeros(N)
+    for i in range(N):
+        values, run_means = [], []
+        for r in range(R):
+            seen = [float(trueprob[r, e, i]) for e in range(E) if np.isfinite(trueprob[r, e, i])]
+            values += seen
+            if seen:
+                run_means.append(sum(seen) / len(seen))
+        count[i], runs[i] = len(values), len(run_means)
+        if values:
+            mean[i] = sum(values) / len(values)
+        if len(run_means) > 1:
+            se[i] = np.std(run_means, ddof=1) / np.sqrt(len(run_means))
+    return mean, se, count, runs
+
+
+def half_influence32(mask: np.ndarray, test_values: np.ndarray) -> np.ndarray:
+    """``(T, N) float32`` influence from the runs given, with the streaming estimator's float32
+    operations (``s / n_in - (total - s) / n_out``), -inf where a column has no run in or out."""
+    m, v = mask.astype(np.int64), test_values.astype(np.int64)
+    s = (v.T @ m).astype(np.float32)
+    n_in = m.sum(0).astype(np.float32)
+    n_out = (m.shape[0] - m.sum(0)).astype(np.float32)
+    total = v.sum(0).astype(np.float32)[:, None]
+    valid = (n_in > 0) & (n_out > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        est = s / np.where(valid, n_in, 1).astype(np.float32) - (total - s) / np.where(valid, n_out, 1).astype(np.float32)
+    return np.where(valid[None, :], est, np.float32(-np.inf)).astype(np.float32)
+
+
+def dense_pair_stability(mask, correct_train, correct_test, half, y_train, y_test, k, infl_threshold, mem_threshold, same_label=True) -> dict:
+    """The split-half agreement of pairs and top-k computed per half from the whole arrays:
+    pairs per half (as ``(train, test)`` sets) and the Spearman over the union of the halves'
+    top-k entries of the test examples whose value varies."""
+    from manyruns.analysis.heldout import spearman
+
+    R, N = mask.shape
+    infl, found, tops = [], [], []
+    for h in (0, 1):
+        sel = half == h
+        m, ct = mask[sel], correct_train[sel].astype(float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mem = (ct * m).sum(0) / m.sum(0) - (ct * ~m).sum(0) / (~m).sum(0)
+        est = half_influence32(m, correct_test[sel])
+        hit = (est >= np.float32(infl_threshold)) & (mem >= mem_threshold)[None, :]
+        if same_label:
+            hit &= y_test[:, None] == y_train[None, :]
+        j, i = np.nonzero(hit)
+        found.append(set(zip(i.tolist(), j.tolist())))
+        top = set()
+        for row in range(est.shape[0]):
+            order = np.lexsort((np.arange(N), -est[row]))[:k]
+            top |= {(row, int(c)) for c in order if np.isfinite(est[row, c])}
+        infl.append(est)
+        tops.append(top)
+    total = correct_test.sum(0)
+    varying = (total > 0) & (total < R)
+    union = sorted(e for e in tops[0] | tops[1] if varying[e[0]])
+    a = np.array([infl[0][e] for e in union], dtype=np.float64)
+    b = np.array([infl[1][e] for e in union], dtype=np.float64)
+    rho, entries = spearman(np.where(np.isfinite(a), a, np.nan), np.where(np.isfinite(b), b, np.nan))
+    return {"pairs": found, "topk_spearman": rho, "topk_entries": entries}

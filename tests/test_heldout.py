@@ -20,7 +20,7 @@ import manyruns
 from manyruns.analysis.cscore import cscore, learning_speed_proxy
 from manyruns.analysis.heldout import MembershipSums, NoHeldoutRunsError, memorization, spearman, split_halves, values_from_logits
 from manyruns.analysis.influence import MaskedProduct, influence, topk_by_value_then_index
-from manyruns.report.heldout import extremes_grid, extremes_per_class, influence_grid
+from manyruns.report.heldout import extremes_grid, extremes_per_class, influence_grid, influence_rows
 
 from .conftest import tiny_recipe
 from .heldout_helpers import (
@@ -29,7 +29,9 @@ from .heldout_helpers import (
     dense_cscore,
     dense_influence,
     dense_influence_matrix,
+    dense_learning_speed,
     dense_memorization,
+    dense_pair_stability,
     random_heldout,
     values_dense,
 )
@@ -236,6 +238,101 @@ def test_topk_ties_go_to_the_lower_index():
     assert sorted(where[0].tolist()) == [0, 2] and sorted(where[1].tolist()) == [0, 1]
 
 
+def planted_population(R: int = 40, N: int = 30, T: int = 20):
+    """Runs at ratio 0.5 (exactly half of the training set each) where train example ``p`` and
+    test example ``p`` form a pair of their own class for ``p < 8``: the train example is right
+    exactly when trained on (memorization 1) and the test example exactly when the train
+    example is in the subset, except for ``p = 5, 6, 7`` in the odd runs (the second half),
+    where the test example is always right. Every other example is always right (class 8)."""
+    rng = np.random.default_rng(11)
+    mask = np.zeros((R, N), dtype=bool)
+    for r in range(R):
+        mask[r, rng.choice(N, N // 2, replace=False)] = True
+    ctr, cte = np.ones((R, N), dtype=bool), np.ones((R, T), dtype=bool)
+    ytr, yte = np.full(N, 8), np.full(T, 8)
+    for p in range(8):
+        ctr[:, p] = mask[:, p]
+        cte[:, p] = mask[:, p]
+        ytr[p] = yte[p] = p
+    cte[1::2, 5:8] = True
+    return mask, ctr, cte, ytr, yte
+
+
+def test_pair_split_half_on_planted_pairs(tmp_path):
+    mask, ctr, cte, ytr, yte = planted_population()
+    pop = array_store(tmp_path / "s", mask, ytr, yte, np.full(40, 0.5), ctr, cte)
+    result = influence(pop, top=3, max_block_bytes=4 * 20 * 2 * 7)  # several column blocks
+    assert result.params["passes"] > 1
+    assert set(zip(result.pairs.train_index, result.pairs.test_index)) == {(p, p) for p in range(8)}
+    s = result.pair_stability
+    # the first half (even runs) finds all 8, the second only the 5 that hold in every run
+    assert s.runs == (20, 20) and s.pairs == (8, 5) and s.both == 5 and not s.truncated
+    assert s.agreement == pytest.approx(2 * 5 / 13)
+    d = result.summary()["pair_stability"]
+    assert d["a_found_by_b"] == pytest.approx(5 / 8) and d["b_found_by_a"] == 1.0 and d["pair_agreement"] == pytest.approx(10 / 13)
+    # all planted test rows' top-1 is their train example in the halves that see the pair
+    assert np.array_equal(result.top_index[:8, 0], np.arange(8))
+
+
+def test_pair_split_half_matches_the_halves_computed_apart(synthetic):
+    pop, a = synthetic
+    half = split_halves(np.array(pop.runs.cell), np.arange(40))
+    for same_label, width in ((True, 37), (False, 6)):
+        result = influence(pop, top=4, infl_threshold=0.1, mem_threshold=0.05, same_label=same_label, max_block_bytes=4 * 23 * 2 * width)
+        ref = dense_pair_stability(a["mask"], a["ctr"], a["cte"], half, a["ytr"], a["yte"], 4, 0.1, 0.05, same_label)
+        s = result.pair_stability
+        both = len(ref["pairs"][0] & ref["pairs"][1])
+        assert s.pairs == (len(ref["pairs"][0]), len(ref["pairs"][1])) and s.both == both >= 1
+        assert s.topk_entries == ref["topk_entries"] > 20
+        assert s.topk_spearman == pytest.approx(ref["topk_spearman"], abs=1e-12)
+
+
+def test_influence_without_split_halves(synthetic):
+    pop, _ = synthetic
+    split = influence(pop, top=3, mem_threshold=0.0)
+    alone = influence(pop, top=3, mem_threshold=0.0, split_half=False)
+    assert np.array_equal(alone.top_index, split.top_index) and np.array_equal(alone.top_value, split.top_value, equal_nan=True)
+    pd.testing.assert_frame_equal(alone.pairs, split.pairs)
+    assert alone.stability is None and alone.pair_stability is None and alone.summary()["pair_stability"] is None
+    # the halves' products take twice the accumulator memory: half the columns per pass
+    budget = 4 * 23 * 2 * 5
+    assert influence(pop, top=3, max_block_bytes=budget).params["column_width"] == 5
+    assert influence(pop, top=3, max_block_bytes=budget, split_half=False).params["column_width"] == 10
+
+
+def test_max_pairs_any_label_and_their_report(synthetic, tmp_path):
+    pop, a = synthetic
+    args = ("influence", str(pop.path), "--infl-threshold", "0.05", "--mem-threshold", "-1", "--any-label", "--no-grid")
+    res = cli(*args, "--max-pairs", "0")
+    assert res.returncode == 2 and "--max-pairs must be at least 1" in res.stderr and "Traceback" not in res.stderr
+    with pytest.raises(ValueError, match="max_pairs"):
+        influence(pop, max_pairs=-3)
+    res = cli(*args, "--max-pairs", "5", "--pairs-out", str(tmp_path / "pairs.csv"))
+    assert res.returncode == 0, res.stderr
+    assert "truncated:" in res.stdout and "--max-pairs 5" in res.stdout and "pairs split-half" in res.stdout
+    pairs = pd.read_csv(tmp_path / "pairs.csv")
+    assert len(pairs) == 5 and list(pairs.columns) == ["train_index", "test_index", "infl", "mem", "label", "se", "n_in", "n_out", "train_label", "test_label"]
+    assert np.array_equal(pairs.train_label, a["ytr"][pairs.train_index]) and np.array_equal(pairs.test_label, a["yte"][pairs.test_index])
+    assert (pairs.train_label != pairs.test_label).any()
+    summary = json.loads(cli(*args, "--max-pairs", "5", "--json").stdout)
+    assert summary["pairs"] == 5 and summary["pairs_truncated"] and summary["pairs_found"] > 5 and summary["max_pairs"] == 5
+    assert summary["pair_stability"]["pairs_truncated"]
+    assert {"train_label", "test_label"} <= set(summary["top_pairs"][0])
+    # with the label condition the pairs table keeps its published columns
+    assert list(influence(pop, top=2, mem_threshold=0.0).pairs.columns) == ["train_index", "test_index", "infl", "mem", "label", "se", "n_in", "n_out"]
+
+
+def test_influence_grid_random_examples_exclude_the_influencers():
+    top_index = np.array([[0, 1, 2, 3], [4, -1, -1, -1]])
+    top_value = np.array([[0.9, 0.8, 0.7, 0.6], [0.5, np.nan, np.nan, np.nan]])
+    train_labels = np.zeros(6, dtype=int)  # one class of six: four are the first row's influencers
+    rows = influence_rows(top_index, top_value, np.array([0, 0]), train_labels, influencers=4, random_same_class=4)
+    (j0, shown0, values0, random0), (j1, shown1, _, random1) = rows
+    assert (j0, j1) == (0, 1) and shown0.tolist() == [0, 1, 2, 3] and values0.tolist() == [0.9, 0.8, 0.7, 0.6]
+    assert sorted(random0.tolist()) == [4, 5]
+    assert shown1.tolist() == [4] and random1.size == 4 and 4 not in random1.tolist()
+
+
 # ----------------------------------------------------------------------------- C-scores
 
 
@@ -248,6 +345,7 @@ def test_cscore_matches_dense_and_leaves_out_full_set_runs(tmp_path):
     mask[-5:, 1] = True  # example 1: trained on only by the full-set runs
     R, N, E = 45, 30, 3
     trueprob = np.where(mask[:, None, :], rng.random((R, E, N)), np.nan)
+    trueprob[3, 1] = np.nan  # an epoch without values: the pooled mean is not the mean of run means
     pop = array_store(tmp_path / "s", mask, ytr, yte, ratio, ctr, cte, trueprob=trueprob)
     result = cscore(pop, block_size=8)
     levels, per, score, se = dense_cscore(mask, ctr, ratio)
@@ -261,11 +359,24 @@ def test_cscore_matches_dense_and_leaves_out_full_set_runs(tmp_path):
     with np.errstate(invalid="ignore"):
         expected = np.nanmean(stored.transpose(1, 0, 2).reshape(-1, N), 0)
     np.testing.assert_allclose(result.learning_speed, expected, rtol=1e-6)
-    speed, count = learning_speed_proxy(pop)
-    assert np.array_equal(count, (np.isfinite(stored).sum((0, 1))))
+    mean, se, count, runs = dense_learning_speed(stored)
+    speed = learning_speed_proxy(pop)
+    np.testing.assert_allclose(speed.mean, mean, rtol=1e-12)
+    np.testing.assert_allclose(speed.se, se, rtol=1e-9)
+    assert np.array_equal(speed.count, count) and np.array_equal(speed.runs, runs)
+    assert np.array_equal(count, np.isfinite(stored).sum((0, 1))) and np.isnan(speed.se[runs < 2]).all()
     table = result.table()
-    assert list(table.columns[:7]) == ["index", "label", "cscore", "se", "0.2", "0.5", "0.8"]
-    assert "learning_speed" in table and "n_out_0.5" in table
+    assert list(table.columns) == [
+        "index", "label", "cscore", "se", "0.2", "0.5", "0.8", "learning_speed",
+        "n_out_0.2", "n_out_0.5", "n_out_0.8", "learning_speed_se", "learning_speed_count", "learning_speed_runs", "dataset_label",
+    ]
+    np.testing.assert_allclose(table.learning_speed_se, se, rtol=1e-9)
+    assert np.array_equal(table.learning_speed_count, count)
+    summary = result.summary()["learning_speed"]
+    assert summary["median_se"] == pytest.approx(np.nanmedian(se)) and summary["median_count"] == np.median(count)
+    assert summary["never_trained_on"] == int((count == 0).sum())
+    without = cscore(pop, learning_speed=False).table()
+    assert list(without.columns) == ["index", "label", "cscore", "se", "0.2", "0.5", "0.8", "n_out_0.2", "n_out_0.5", "n_out_0.8", "dataset_label"]
 
 
 # ----------------------------------------------------------------------------- invariance
@@ -286,6 +397,7 @@ def test_block_size_run_order_and_column_blocks_do_not_change_results(synthetic,
     assert np.array_equal(other.top_index, base.top_index)
     assert np.array_equal(other.top_value, base.top_value, equal_nan=True)
     pd.testing.assert_frame_equal(other.pairs, base.pairs)
+    assert other.pair_stability.to_dict() == base.pair_stability.to_dict()
     cs_base, cs = cscore(pop), cscore(pop, runs=runs, block_size=block)
     assert np.array_equal(cs.cscore, cs_base.cscore, equal_nan=True)
 
@@ -408,7 +520,8 @@ def test_commands_write_tables_summaries_and_grids(trained, tmp_path):
     assert res.returncode == 0, res.stderr
     assert "learning-speed proxy: Spearman" in res.stdout and "split-half Spearman" in res.stdout
     table = pd.read_csv(tmp_path / "cs.csv")
-    assert list(table.columns[:6]) == ["index", "label", "cscore", "se", "0.3", "0.7"] and "learning_speed" in table
+    assert list(table.columns[:7]) == ["index", "label", "cscore", "se", "0.3", "0.7", "learning_speed"]
+    assert {"learning_speed_se", "learning_speed_count"} <= set(table.columns) and "median standard error" in res.stdout
 
     # the other grids, drawn from the saved results
     pop = manyruns.open(trained)

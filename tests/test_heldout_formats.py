@@ -3,7 +3,9 @@ imported store, export and import round-trip, and bad files are named with nothi
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +29,14 @@ N, T = DIGITS.n_train, DIGITS.n_test
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "manyruns.cli", *args], capture_output=True, text=True, env=ENV)
+
+
+def exact_mask(rng: np.random.Generator, ratio: float, size: int | None = None) -> np.ndarray:
+    """``(N,) bool``: ``size`` (default ``round(ratio * N)``) random training examples, as the
+    release draws its subsets."""
+    mask = np.zeros(N, dtype=bool)
+    mask[rng.choice(N, round(ratio * N) if size is None else size, replace=False)] = True
+    return mask
 
 
 def write_run(folder: Path, mask: np.ndarray, correct_train: np.ndarray, correct_test: np.ndarray, rng: np.random.Generator, **override) -> Path:
@@ -55,7 +65,7 @@ def make_release(root: Path, seed: int = 0, per_ratio: int = 6, ratios=("0.3", "
     truth = {"mask": [], "ctr": [], "cte": [], "ratio": []}
     for ratio in ratios:
         for run in range(per_ratio):
-            mask = rng.random(N) < float(ratio)
+            mask = exact_mask(rng, float(ratio))
             ctr = np.where(mask, rng.random(N) < 0.97, rng.random(N) < 0.8)
             cte = rng.random(T) < 0.85
             write_run(root / ratio / str(run), mask, ctr, cte, rng)
@@ -147,7 +157,7 @@ def test_growing_a_store_and_skipping_runs_already_imported(tmp_path):
 
 
 def _corrupt(kind: str, folder: Path, rng: np.random.Generator) -> Path:
-    mask = rng.random(N) < 0.5
+    mask = exact_mask(rng, 0.5)
     ctr, cte = rng.random(N) < 0.9, rng.random(T) < 0.9
     idx_train = np.flatnonzero(mask)
     if kind == "short correctness":
@@ -215,3 +225,76 @@ def test_bad_layout_is_a_one_line_error(tmp_path):
     res = cli("import", "heldout", str(tmp_path / "nothing"), str(tmp_path / "s"), "--dataset", "digits")
     assert res.returncode == 1 and "no such directory" in res.stderr
     assert not (tmp_path / "s").exists()
+
+
+def _release_with_train_size(root: Path, ratio: str, size: int, seed: int = 9) -> Path:
+    """A release of two good runs at ``ratio`` and a third whose training part has ``size``
+    examples; returns the third's file."""
+    make_release(root, seed=seed, per_ratio=2, ratios=(ratio,))
+    rng = np.random.default_rng(seed + 1)
+    return write_run(root / ratio / "2", exact_mask(rng, 0, size), rng.random(N) < 0.9, rng.random(T) < 0.9, rng)
+
+
+def test_a_training_part_that_does_not_match_its_ratio_directory_is_refused(tmp_path):
+    # a file under 0.3/ whose index_train covers 90% of the training set
+    bad = _release_with_train_size(tmp_path / "release", "0.3", round(0.9 * N))
+    with pytest.raises(HeldoutFormatError) as err:
+        import_release(tmp_path / "release", tmp_path / "store", "digits")
+    message = str(err.value)
+    assert str(bad) in message and "subset ratio 0.3" in message and f"fraction {round(0.9 * N) / N:.4f}" in message
+    assert not (tmp_path / "store").exists()
+    res = cli("import", "heldout", str(tmp_path / "release"), str(tmp_path / "store"), "--dataset", "digits")
+    assert res.returncode == 1 and res.stderr.count("\n") == 1 and "subset ratio 0.3" in res.stderr
+    assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize(
+    "ratio, size, accepted",
+    [
+        # 0.3 x 1438 = 431.4: floor and round 431; one example either side is tolerated
+        ("0.3", 430, True), ("0.3", 431, True), ("0.3", 432, True), ("0.3", 433, True),
+        ("0.3", 429, False), ("0.3", 434, False),
+        # 0.25 x 1438 = 359.5: floor 359, round 360
+        ("0.25", 358, True), ("0.25", 361, True), ("0.25", 357, False), ("0.25", 362, False),
+        ("1", N - 1, True), ("1", N - 2, False),
+    ],
+)
+def test_subset_sizes_within_rounding_of_the_ratio_are_accepted(tmp_path, ratio, size, accepted):
+    _release_with_train_size(tmp_path / "release", ratio, size)
+    if accepted:
+        assert import_release(tmp_path / "release", tmp_path / "store", "digits")["runs_added"] == 3
+    else:
+        with pytest.raises(HeldoutFormatError, match=f"holds {size:,} of the {N:,} training examples"):
+            import_release(tmp_path / "release", tmp_path / "store", "digits")
+
+
+@pytest.mark.parametrize("per_ratio, ratios", [(1, ("0.5",)), (2, ("0.5",)), (1, ("0.3", "0.7"))])
+def test_commands_on_stores_of_one_or_two_runs(tmp_path, per_ratio, ratios):
+    make_release(tmp_path / "release", seed=12, per_ratio=per_ratio, ratios=ratios)
+    import_release(tmp_path / "release", tmp_path / "s", "digits")
+    runs = per_ratio * len(ratios)
+    store = str(tmp_path / "s")
+    text = {c: cli(c, store, "--no-grid") for c in ("memorization", "influence", "cscore")}
+    for command, res in text.items():
+        assert res.returncode == 0 and "Traceback" not in res.stderr, f"{command}: {res.stderr}"
+        assert f"from {runs} runs" in res.stdout
+    # too few runs for a standard error (or any estimate) prints n/a, never a traceback or nan
+    assert "median standard error n/a" in text["memorization"].stdout
+    assert ("mean n/a" in text["memorization"].stdout) == (runs == 1)
+    assert "Spearman n/a" in text["influence"].stdout and "top-1 agreement n/a" in text["influence"].stdout
+    assert ("median standard error n/a" in text["cscore"].stdout) == (per_ratio == 1)
+    assert not any(re.search(r"\bnan\b", res.stdout) for res in text.values())  # "NaN for ... examples" notes are fine
+    summaries = {c: json.loads(cli(c, store, "--json", "--no-grid").stdout) for c in text}
+    assert all(s["runs"] == runs for s in summaries.values())
+    assert summaries["memorization"]["median_se"] is None and (summaries["memorization"]["mean"] is None) == (runs == 1)
+    assert summaries["influence"]["pair_stability"]["topk_spearman"] is None
+    assert (summaries["cscore"]["median_se"] is None) == (per_ratio == 1)
+
+
+def test_learning_speed_on_an_imported_store_says_releases_carry_no_probabilities(tmp_path):
+    make_release(tmp_path / "release", seed=13, per_ratio=2, ratios=("0.3", "0.7"))
+    import_release(tmp_path / "release", tmp_path / "s", "digits")
+    res = cli("cscore", str(tmp_path / "s"), "--learning-speed", "--no-grid")
+    assert res.returncode == 1 and res.stderr.count("\n") == 1
+    assert "this store holds no per-epoch true-class probabilities" in res.stderr and "imported (heldout-release)" in res.stderr
+    assert "imported releases carry none" in res.stderr and "record.true_prob" not in res.stderr

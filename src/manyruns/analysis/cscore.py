@@ -12,7 +12,9 @@ ratios.
 
 The learning-speed proxy needs per-epoch true-class probabilities (``record.true_prob``): the
 mean, over runs and epochs, of the probability a run gave example ``i``'s label while training
-on ``i`` (the stored value is NaN where a run did not train on the example).
+on ``i`` (the stored value is NaN where a run did not train on the example). It comes with the
+number of (run, epoch) values averaged and a standard error over runs (see
+:class:`LearningSpeed`).
 """
 
 from __future__ import annotations
@@ -41,12 +43,41 @@ def ratio_name(ratio: float) -> str:
 
 
 @dataclass
+class LearningSpeed:
+    """The learning-speed proxy of every training example; all arrays ``(N,)``.
+
+    ``mean``: the mean over runs and epochs of the stored true-class probability while the run
+    trained on the example (NaN where no run did); ``count``: the number of (run, epoch) values
+    averaged; ``runs``: the runs that trained on the example; ``se``: the standard error over
+    runs, ``s / sqrt(runs)`` with ``s`` the sample standard deviation (dividing by ``runs - 1``)
+    of the per-run means ``m_r`` (each run's mean over its epochs; NaN below 2 runs).
+    """
+
+    mean: np.ndarray
+    se: np.ndarray
+    count: np.ndarray
+    runs: np.ndarray
+
+    def summary(self) -> dict:
+        ok = np.isfinite(self.mean)
+        return {
+            "mean": _json_float(float(self.mean[ok].mean())) if ok.any() else None,
+            "median_se": _json_float(float(np.nanmedian(self.se))) if np.isfinite(self.se).any() else None,
+            "median_count": float(np.median(self.count)) if self.count.size else None,
+            "median_runs": float(np.median(self.runs)) if self.runs.size else None,
+            "never_trained_on": int(np.count_nonzero(self.count == 0)),
+        }
+
+
+@dataclass
 class CScoreResult:
     """C-scores of the training examples.
 
     ``ratios (L,)``; ``per_ratio (L, N)`` held-out means and ``n_out (L, N)`` their run counts;
-    ``cscore (N,)`` and ``se (N,)``; ``label``/``dataset_label (N,)``; ``learning_speed (N,)``
-    (None without per-epoch probabilities) and its Spearman correlation with the C-score.
+    ``cscore (N,)`` and ``se (N,)``; ``label``/``dataset_label (N,)``; ``speed``: the
+    learning-speed proxy with its counts and standard errors (:class:`LearningSpeed`, None
+    without per-epoch probabilities), ``learning_speed (N,)`` its values, and its Spearman
+    correlation with the C-score.
     """
 
     value: str
@@ -59,10 +90,15 @@ class CScoreResult:
     label: np.ndarray
     dataset_label: np.ndarray
     stability: Stability
-    learning_speed: np.ndarray | None = None
+    speed: LearningSpeed | None = None
     learning_speed_spearman: float | None = None
     excluded_full_runs: int = 0
     params: dict = field(default_factory=dict)
+
+    @property
+    def learning_speed(self) -> np.ndarray | None:
+        """``(N,)``: the learning-speed proxy (None without per-epoch probabilities)."""
+        return self.speed.mean if self.speed is not None else None
 
     @property
     def incomplete(self) -> int:
@@ -70,8 +106,9 @@ class CScoreResult:
         return int(np.count_nonzero((self.n_out == 0).any(0)))
 
     def table(self) -> pd.DataFrame:
-        """Columns index, label, cscore, se, one column per ratio, n_out per ratio
-        [, learning_speed], dataset_label."""
+        """Columns index, label, cscore, se, one column per ratio[, learning_speed], then
+        n_out_<ratio> per ratio[, learning_speed_se, learning_speed_count, learning_speed_runs],
+        dataset_label."""
         cols: dict[str, np.ndarray] = {
             "index": np.arange(self.cscore.size),
             "label": self.label,
@@ -80,10 +117,15 @@ class CScoreResult:
         }
         for ratio, values in zip(self.ratios, self.per_ratio):
             cols[ratio_name(ratio)] = values
+        speed = self.speed
+        if speed is not None:
+            cols["learning_speed"] = speed.mean
         for ratio, counts in zip(self.ratios, self.n_out):
             cols[f"n_out_{ratio_name(ratio)}"] = counts.astype(np.int64)
-        if self.learning_speed is not None:
-            cols["learning_speed"] = self.learning_speed
+        if speed is not None:
+            cols["learning_speed_se"] = speed.se
+            cols["learning_speed_count"] = speed.count.astype(np.int64)
+            cols["learning_speed_runs"] = speed.runs.astype(np.int64)
         cols["dataset_label"] = self.dataset_label
         return pd.DataFrame(cols)
 
@@ -105,6 +147,7 @@ class CScoreResult:
             "per_ratio_mean": {ratio_name(r): _json_float(float(np.nanmean(v))) if np.isfinite(v).any() else None for r, v in zip(self.ratios, self.per_ratio)},
             "median_se": _json_float(float(np.nanmedian(self.se))) if np.isfinite(self.se).any() else None,
             "learning_speed_spearman": _json_float(self.learning_speed_spearman) if self.learning_speed_spearman is not None else None,
+            "learning_speed": self.speed.summary() if self.speed is not None else None,
             "stability": self.stability.to_dict(),
             "lowest": [{"index": int(i), "label": int(self.label[i]), "cscore": float(c[i])} for i in low],
         }
@@ -113,8 +156,10 @@ class CScoreResult:
         group = pop.store.analysis_group(name, {**self.params, "value": self.value, "runs": self.runs})
         for key in ("ratios", "per_ratio", "n_out", "cscore", "se", "label"):
             group.create_array(key, data=np.asarray(getattr(self, key)))
-        if self.learning_speed is not None:
-            group.create_array("learning_speed", data=self.learning_speed)
+        if self.speed is not None:
+            group.create_array("learning_speed", data=self.speed.mean)
+            for key in ("se", "count", "runs"):
+                group.create_array(f"learning_speed_{key}", data=getattr(self.speed, key))
         group.attrs["summary"] = self.summary()
 
 
@@ -193,8 +238,8 @@ def cscore(pop: Population, value: str = "correct", runs="ok", block_size: int =
     if learning_speed is None:
         learning_speed = "trueprob/train" in pop.arrays
     if learning_speed:
-        speed, _ = learning_speed_proxy(pop, source.runs, block_size=max(1, block_size // 4))
-        speed_rho, _ = spearman(speed, score)
+        speed = learning_speed_proxy(pop, source.runs, block_size=max(1, block_size // 4))
+        speed_rho, _ = spearman(speed.mean, score)
 
     counts = {ratio_name(r): int(np.count_nonzero(ratio_of_run[partial] == r)) for r in ratios}
     return CScoreResult(
@@ -208,29 +253,56 @@ def cscore(pop: Population, value: str = "correct", runs="ok", block_size: int =
         label=consensus.labels(),
         dataset_label=pop.targets("train"),
         stability=stability,
-        learning_speed=speed,
+        speed=speed,
         learning_speed_spearman=speed_rho,
         excluded_full_runs=excluded,
         params={"block_size": block_size, "runs_per_ratio": counts},
     )
 
 
-def learning_speed_proxy(pop: Population, runs="ok", block_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Mean over runs and epochs of the stored per-epoch true-class probability of each
-    training example while it was trained on: ``(N,)`` float64 (NaN where never trained on),
-    and the number of (run, epoch) values averaged ``(N,)``."""
+def learning_speed_proxy(pop: Population, runs="ok", block_size: int = 32) -> LearningSpeed:
+    """The learning-speed proxy of ``pop``'s training examples from the stored per-epoch
+    true-class probabilities ``trueprob/train (R, E, N)`` (NaN where a run did not train on an
+    example), read ``block_size`` runs at a time (see :class:`LearningSpeed`)."""
     if "trueprob/train" not in pop.arrays:
-        raise ValueError(f"{pop.path}: the learning-speed proxy needs per-epoch true-class probabilities; record them with record.true_prob = true")
-    total = count = None
+        raise ValueError(_no_true_prob(pop))
+    sums = None
     for _, block in pop.blocks("trueprob/train", runs, block_size):  # (b, E, N) float16
-        x = block.astype(np.float32).reshape(-1, block.shape[-1])
-        seen = np.isfinite(x)
-        if total is None:
-            total = np.zeros(x.shape[1])
-            count = np.zeros(x.shape[1])
-        total += np.where(seen, x, 0).sum(0, dtype=np.float64)
-        count += seen.sum(0)
-    if total is None:
+        x = block.astype(np.float32)
+        if sums is None:
+            sums = np.zeros((5, x.shape[-1]))
+        _add_learning_speed(sums, x)
+    if sums is None:
         raise ValueError(f"{pop.path}: no runs to compute the learning-speed proxy from")
+    total, count, runs_in, s, q = sums
+    mean_of_runs, var = mean_and_variance(s, q, runs_in)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / count, np.nan), count
+        mean = np.where(count > 0, total / count, np.nan)
+        se = np.where(runs_in > 1, np.sqrt(var / runs_in), np.nan)
+    return LearningSpeed(mean, se, count, runs_in)
+
+
+def _add_learning_speed(sums: np.ndarray, x: np.ndarray) -> None:
+    """Add a block ``x (b, E, N) float32`` to ``sums (5, N)``: the sum and number of the finite
+    values, then the number of runs with any, and the sum and sum of squares of their per-run
+    means over epochs."""
+    seen = np.isfinite(x)
+    per_run_count = seen.sum(1)  # (b, N)
+    per_run_sum = np.where(seen, x, 0).sum(1, dtype=np.float64)
+    trained = per_run_count > 0
+    run_mean = np.where(trained, per_run_sum / np.maximum(per_run_count, 1), 0.0)
+    sums[0] += per_run_sum.sum(0)
+    sums[1] += per_run_count.sum(0)
+    sums[2] += trained.sum(0)
+    sums[3] += run_mean.sum(0)
+    sums[4] += np.square(run_mean).sum(0)
+
+
+def _no_true_prob(pop: Population) -> str:
+    source = (pop.store.meta.get("source") or {}).get("format")
+    if source:
+        return (
+            f"{pop.path}: this store holds no per-epoch true-class probabilities, which the learning-speed proxy needs: "
+            f"it was imported ({source}), and imported releases carry none"
+        )
+    return f"{pop.path}: the learning-speed proxy needs per-epoch true-class probabilities; record them with record.true_prob = true"

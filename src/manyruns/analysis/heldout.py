@@ -501,15 +501,18 @@ class HalfSplitSums:
             self.first.add(block.mask[first], block.train[first])
         self.consensus.add(block.labels)
 
+    def half_estimates(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(N,)`` memorization from the first half of the runs and from the second."""
+        halves = (self.first, self.total - self.first)
+        est_a, est_b = (difference_of_means(h.s_in, h.q_in, h.n_in, h.s_out, h.q_out, h.n_out)[0] for h in halves)
+        return est_a, est_b
+
     def result(self, source, params: dict) -> MemorizationResult:
-        total, first = self.total, self.first
+        total = self.total
         if not np.any(total.n_out > 0):
             raise NoHeldoutRunsError(f"{source.where}: no selected run held any training example out; memorization is undefined")
         est, se, mean_in, mean_out = difference_of_means(total.s_in, total.q_in, total.n_in, total.s_out, total.q_out, total.n_out)
-        second = total - first
-        est_a = difference_of_means(first.s_in, first.q_in, first.n_in, first.s_out, first.q_out, first.n_out)[0]
-        est_b = difference_of_means(second.s_in, second.q_in, second.n_in, second.s_out, second.q_out, second.n_out)[0]
-        rho, n = spearman(est_a, est_b)
+        rho, n = spearman(*self.half_estimates())
         stability = Stability(rho, (int(np.sum(self.half == 0)), int(np.sum(self.half == 1))), n)
         return MemorizationResult(
             value=source.value,

@@ -13,6 +13,12 @@ sized to ``max_block_bytes`` (one pass over the runs per column block), and of e
 the top influencers of every test example and the pairs above the thresholds are kept. The
 dense matrix is written (to an ``.npy`` file or to the store) only when asked.
 
+Split halves: the products of the two halves of the runs (the halves of the memorization's
+split-half stability) are accumulated apart, the sums over all runs being their sum, so no
+multiplication is added; each half is finished beside the whole, with its own top-k and pairs,
+whose agreement is :class:`PairStability`. This doubles the accumulators per column (so the
+passes for a given memory) and roughly triples the finishing step; ``split_half=False`` skips it.
+
 Precision: masks and 0/1 correctness are exact in small integer and floating-point formats.
 The default for 0/1 values is int8 products with int32 accumulation (exact for any number of
 runs). The 'bfloat16' option multiplies slices of at most 256 runs, whose integer results
@@ -187,6 +193,33 @@ class MaskedProduct:
                     tile.add_(wide.copy_(out))
 
 
+class HalfProducts:
+    """Masked products of the two halves of the runs (``split``), or one product of all runs.
+
+    ``parts``: one :class:`MaskedProduct` per half (``rows x cols``); the sums over all runs are
+    the sum of the parts. Keeping the halves apart doubles the accumulators' memory and adds no
+    multiplications. ``storage``: from :meth:`storage_for`, reused across column blocks.
+    """
+
+    def __init__(self, rows: int, cols: int, precision: str, squares: bool, split: bool, storage: list[tuple[torch.Tensor, ...]]):
+        self.parts = [MaskedProduct(rows, cols, precision, squares, storage=s) for s in storage[: 2 if split else 1]]
+
+    @staticmethod
+    def storage_for(rows: int, cols: int, precision: str, squares: bool, split: bool) -> list[tuple[torch.Tensor, ...]]:
+        return [MaskedProduct.storage_for(rows, cols, precision, squares) for _ in range(2 if split else 1)]
+
+    def add(self, values: np.ndarray, mask: np.ndarray, in_a: np.ndarray) -> None:
+        """Add ``values (b, rows)`` and ``mask (b, cols)`` of a block of runs; ``in_a (b,) bool``:
+        the runs of the first half."""
+        if len(self.parts) == 1 or in_a.all():
+            self.parts[0].add(values, mask)
+        elif not in_a.any():
+            self.parts[1].add(values, mask)
+        else:
+            self.parts[0].add(values[in_a], mask[in_a])
+            self.parts[1].add(values[~in_a], mask[~in_a])
+
+
 # ------------------------------------------------------------------------------- top-k
 
 
@@ -245,15 +278,69 @@ def topk_by_value_then_index(x: torch.Tensor, k: int) -> tuple[torch.Tensor, tor
 
 
 @dataclass
+class PairStability:
+    """Split-half agreement of what influence is used for: the high-influence pairs and the top
+    influencers.
+
+    The runs are split into the halves of the memorization's split-half stability; each half
+    gives its own memorization, influence, pairs above the thresholds and top ``k`` influencers
+    per test example. ``pairs``: the pairs found with each half ``(a, b)``; ``both``: those found
+    with both; :attr:`agreement`: the share of the pairs found with one half that are also found
+    with the other, ``2 both / (a + b)``. ``truncated``: a half found more than ``max_pairs``
+    pairs (the agreement is then that of the strongest kept). ``topk_spearman``: Spearman
+    correlation between the two halves' influence over the union of their top-``k`` entries,
+    over the test examples whose value varies between runs (``topk_entries`` entries, those
+    defined in both halves).
+    """
+
+    runs: tuple[int, int]
+    pairs: tuple[int, int]
+    both: int
+    truncated: bool
+    k: int
+    topk_spearman: float
+    topk_entries: int
+
+    @property
+    def agreement(self) -> float:
+        """``2 both / (a + b)``; NaN when neither half finds a pair."""
+        found = sum(self.pairs)
+        return 2 * self.both / found if found else float("nan")
+
+    def to_dict(self) -> dict:
+        a, b = self.pairs
+        return {
+            "half_runs": list(self.runs),
+            "pairs_a": a,
+            "pairs_b": b,
+            "pairs_both": self.both,
+            "pair_agreement": _json_float(self.agreement),
+            "a_found_by_b": _json_float(self.both / a) if a else None,
+            "b_found_by_a": _json_float(self.both / b) if b else None,
+            "pairs_truncated": self.truncated,
+            "k": self.k,
+            "topk_spearman": _json_float(self.topk_spearman),
+            "topk_entries": self.topk_entries,
+        }
+
+
+PAIR_COLUMNS = ("train_index", "test_index", "infl", "mem", "label", "se", "n_in", "n_out")
+LABEL_COLUMNS = ("train_label", "test_label")
+
+
+@dataclass
 class InfluenceResult:
     """Top influencers of every test example and the high-influence pairs.
 
     ``top_index (T, k)`` train indices (-1: fewer than ``k`` estimable), ``top_value (T, k)``,
     ``top_se``, ``top_n_in``, ``top_n_out``; ``pairs``: a table with columns train_index,
-    test_index, infl, mem, label, se, n_in, n_out (influence >= ``infl_threshold``,
-    memorization of the train example >= ``mem_threshold``, same label unless ``any_label``).
+    test_index, infl, mem, label (the test example's), se, n_in, n_out, and without the label
+    condition also train_label and test_label (influence >= ``infl_threshold``, memorization of
+    the train example >= ``mem_threshold``, same label unless ``any_label``).
     ``memorization``: the memorization of the train examples, from the same runs.
-    ``stability``: split-half agreement of the influence estimates on a sample of test rows.
+    ``stability``: split-half Spearman of the influence estimates on a sample of test rows, and
+    ``top1_agreement`` on those rows; ``pair_stability``: split-half agreement of the pairs and
+    the top influencers (both None when computed without split halves).
     ``varying (T,) bool``: test examples whose value differs between runs (the others have
     influence 0 on every training example).
     """
@@ -267,10 +354,11 @@ class InfluenceResult:
     top_n_out: np.ndarray
     pairs: pd.DataFrame
     memorization: MemorizationResult
-    stability: Stability
-    top1_agreement: float
+    stability: Stability | None
+    top1_agreement: float | None
     test_label: np.ndarray
     varying: np.ndarray | None = None
+    pair_stability: PairStability | None = None
     params: dict = field(default_factory=dict)
     dense: str | None = None
 
@@ -296,6 +384,7 @@ class InfluenceResult:
         if self.varying is not None:
             finite &= self.varying
         pairs = self.pairs.sort_values("infl", ascending=False).head(top)
+        integers = {"train_index", "test_index", "label", "n_in", "n_out", *LABEL_COLUMNS}
         return {
             "statistic": "influence",
             "value": self.value,
@@ -310,12 +399,14 @@ class InfluenceResult:
             "pairs": int(len(self.pairs)),
             "pairs_found": int(self.params.get("pairs_found", len(self.pairs))),
             "pairs_truncated": bool(self.params.get("pairs_truncated", False)),
+            "max_pairs": self.params.get("max_pairs"),
             "thresholds": {k: self.params.get(k) for k in ("infl_threshold", "mem_threshold", "same_label")},
-            "stability": {**self.stability.to_dict(), "top1_agreement": _json_float(self.top1_agreement)},
+            "stability": {**self.stability.to_dict(), "top1_agreement": _json_float(self.top1_agreement)} if self.stability is not None else None,
+            "pair_stability": self.pair_stability.to_dict() if self.pair_stability is not None else None,
             "memorization_stability": self.memorization.stability.to_dict(),
             "dense": self.dense,
             "top_pairs": [
-                {k: (int(v) if k in ("train_index", "test_index", "label", "n_in", "n_out") else _json_float(float(v))) for k, v in row.items()}
+                {k: (int(v) if k in integers else _json_float(float(v))) for k, v in row.items()}
                 for row in pairs.to_dict("records")
             ],
         }
@@ -355,6 +446,7 @@ def influence(
     stability_rows: int = 256,
     seed: int = 0,
     max_pairs: int = 5_000_000,
+    split_half: bool = True,
 ) -> InfluenceResult:
     """Influence estimates of ``pop`` (see the module docstring); memory independent of the
     number of runs.
@@ -367,9 +459,10 @@ def influence(
     (more columns per pass means fewer passes over the runs). ``precision``: 'auto' (int8 for
     0/1 values, float32 otherwise), 'int8', 'bfloat16' or 'float32'. ``dense``: None, 'store'
     (``analysis/influence/matrix (T, N) float32``) or a path ending in ``.npy``.
-    ``stability_rows``: test rows sampled (with ``seed``) for the split-half stability (those
+    ``stability_rows``: test rows sampled (with ``seed``) for the split-half Spearman (those
     whose value varies between runs are compared). ``max_pairs``: pairs kept at most (the
-    strongest).
+    strongest; at least 1). ``split_half``: also compute the pairs and top influencers of each
+    half of the runs (:class:`PairStability`; twice the accumulators, no extra products).
     """
     source = HeldoutSource(pop, value, runs)
     writer = None
@@ -378,7 +471,7 @@ def influence(
         writer = _open_dense(pop, dense, T, N)
     result = influence_from_source(
         source, top, infl_threshold, mem_threshold, same_label, block_size, max_block_bytes, precision, writer, stability_rows, seed,
-        max_pairs=max_pairs,
+        max_pairs=max_pairs, split_half=split_half,
     )
     if isinstance(writer, np.memmap):
         writer.flush()
@@ -400,6 +493,7 @@ def influence_from_source(
     seed: int = 0,
     profile: dict | None = None,
     max_pairs: int = 5_000_000,
+    split_half: bool = True,
 ) -> InfluenceResult:
     """:func:`influence` from any source of held-out blocks (see
     :func:`~manyruns.analysis.heldout.memorization_from_source`; the source also needs
@@ -408,12 +502,18 @@ def influence_from_source(
     reading blocks ('read'), on membership sums ('sums'), in the matrix products ('product') and
     turning sums into influence, top-k and pairs ('finish') are added. ``max_pairs``: at most this
     many pairs are kept (the strongest; ``params['pairs_found']`` counts them all), which bounds
-    memory when few runs make many pairs pass the thresholds by chance."""
+    memory when few runs make many pairs pass the thresholds by chance. ``split_half``: keep the
+    products of the two halves of the runs apart and finish each half too (the split-half
+    stability and :class:`PairStability`); this doubles the accumulator memory per column (so
+    the passes for a given ``max_block_bytes``) and roughly triples the finishing step, with no
+    extra multiplications."""
     clock = _Clock(profile)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if top < 1:
         raise ValueError(f"top must be at least 1, got {top}")
+    if max_pairs < 1:
+        raise ValueError(f"max_pairs (the most pairs kept) must be at least 1, got {max_pairs}")
     source.check_held_out()
     binary = source.binary
     if precision == "auto":
@@ -427,30 +527,31 @@ def influence_from_source(
 
     halves = HalfSplitSums(source)
     rng = np.random.default_rng(seed)
-    sample = np.sort(rng.choice(T, size=min(stability_rows, T), replace=False))
+    sample = np.sort(rng.choice(T, size=min(stability_rows, T), replace=False)) if split_half else np.zeros(0, dtype=np.int64)
     squares = not binary
-    per_column = 4 * T * (2 if squares else 1) + 4 * sample.size
+    per_column = 4 * T * (2 if squares else 1) * (2 if split_half else 1)
     width = int(max(1, min(N, max_block_bytes // per_column)))
     params = {
         "top": top, "infl_threshold": infl_threshold, "mem_threshold": mem_threshold, "same_label": same_label,
         "block_size": block_size, "precision": precision, "column_width": width, "passes": -(-N // width),
-        "stability_rows": int(sample.size), "seed": seed,
+        "stability_rows": int(sample.size), "seed": seed, "max_pairs": max_pairs, "split_half": split_half,
     }
     y_test = source.y_test
 
     # per-test totals over all runs and over the first half (from the first pass)
     test_sum = np.zeros(T)
     test_sq = np.zeros(T)
-    test_sum_a = np.zeros(sample.size)
+    test_sum_a = np.zeros(T)
     runs_a = int(np.sum(halves.half == 0))
     mem: MemorizationResult | None = None
+    half_pairs: SplitHalfPairs | None = None
     topk = TopK(T, min(top, N), 2)  # aux: in-sums and in-sums of squares
     pairs = PairCollector(max_pairs)
     est_a = np.full((sample.size, N), np.nan, dtype=np.float32)
     est_b = np.full((sample.size, N), np.nan, dtype=np.float32)
     all_rows = np.arange(T)
     varying = np.ones(T, dtype=bool)  # test examples whose value differs between runs (known after the first pass)
-    storage = MaskedProduct.storage_for(T, width, precision, squares)
+    storage = HalfProducts.storage_for(T, width, precision, squares, split_half)
 
     for c0 in range(0, N, width):
         c1 = min(c0 + width, N)
@@ -458,8 +559,7 @@ def influence_from_source(
         # Later passes multiply only the rows that vary: a test example every run gets right (or
         # every run gets wrong) has influence exactly 0 on every training example.
         rows = all_rows if first_pass else np.flatnonzero(varying)
-        product = MaskedProduct(rows.size, c1 - c0, precision, squares, storage=storage)
-        product_a = MaskedProduct(sample.size, c1 - c0, precision)
+        products = HalfProducts(rows.size, c1 - c0, precision, squares, split_half, storage)
         n_in = np.zeros(c1 - c0)
         n_in_a = np.zeros(c1 - c0)
         for block in clock.iterate("read", source.blocks(block_size, train=first_pass, test=True)):
@@ -469,19 +569,18 @@ def influence_from_source(
                 halves.add(block)
                 if binary:
                     test_sum += np.count_nonzero(block.test, axis=0)
-                    test_sum_a += np.count_nonzero(block.test[in_a][:, sample], axis=0)
+                    test_sum_a += np.count_nonzero(block.test[in_a], axis=0)
                 else:
                     tv = block.test.astype(np.float64)
                     test_sum += tv.sum(0)
                     test_sq += np.square(tv).sum(0)
-                    test_sum_a += tv[in_a][:, sample].sum(0)
+                    test_sum_a += tv[in_a].sum(0)
             m = block.mask[:, c0:c1]
             n_in += np.count_nonzero(m, axis=0)
-            clock.stop("sums")
-            product.add(block.test if rows.size == T else block.test[:, rows], m)
-            if in_a.any():
-                product_a.add(block.test[in_a][:, sample], m[in_a])
+            if split_half:
                 n_in_a += np.count_nonzero(m[in_a], axis=0)
+            clock.stop("sums")
+            products.add(block.test if rows.size == T else block.test[:, rows], m, in_a)
             clock.stop("product")
         if first_pass:
             if binary:
@@ -489,24 +588,24 @@ def influence_from_source(
                 if dense_out is None and infl_threshold > 0:  # constant rows cannot reach the threshold
                     varying = (test_sum > 0) & (test_sum < R)
             mem = halves.result(source, {"block_size": block_size})
+            if split_half:
+                half_pairs = SplitHalfPairs(
+                    N, topk.k, (runs_a, R - runs_a), halves.half_estimates(), mem.label, y_test, (test_sum_a, test_sum - test_sum_a),
+                    infl_threshold, mem_threshold, same_label, max_pairs,
+                )
         n_out = R - n_in
         clock.start()
-
-        # split-half estimates on the sampled rows that vary
-        loc = np.searchsorted(rows, sample)
-        present = (loc < rows.size) & (rows[np.minimum(loc, rows.size - 1)] == sample) & varying[sample]
-        if present.any():
-            s_in = product.raw[torch.from_numpy(loc[present])].to(torch.float32)
-            s_in_a = product_a.raw[torch.from_numpy(present)].to(torch.float32)
-            est_a[present, c0:c1] = _influence_from_sums(s_in_a, n_in_a, test_sum_a[present, None], runs_a)
-            est_b[present, c0:c1] = _influence_from_sums(s_in - s_in_a, n_in - n_in_a, (test_sum[sample][present] - test_sum_a[present])[:, None], R - runs_a)
-        del product_a
-
+        if split_half:
+            _sampled_half_estimates(
+                products, rows, sample, varying, (n_in_a, n_in - n_in_a), (test_sum_a, test_sum - test_sum_a), (runs_a, R - runs_a),
+                (est_a[:, c0:c1], est_b[:, c0:c1]),
+            )
+            half_pairs.start_columns(c0, (n_in_a, n_in - n_in_a))
         _finish_columns(
-            product, rows, varying, n_in, n_out, test_sum, R, c0, topk, pairs, mem.estimate[c0:c1], mem.label[c0:c1], y_test,
-            infl_threshold, mem_threshold, same_label, dense_out,
+            products, rows, varying, n_in, n_out, test_sum, R, c0, topk, pairs, mem.estimate[c0:c1], mem.label[c0:c1], y_test,
+            infl_threshold, mem_threshold, same_label, dense_out, half_pairs,
         )
-        del product
+        del products
         clock.stop("finish")
     params["varying_test_rows"] = int(varying.sum())
 
@@ -524,9 +623,13 @@ def influence_from_source(
 
     params["pairs_found"] = pairs.found
     params["pairs_truncated"] = pairs.found > len(pairs)
-    pairs = _pairs_table(pairs.finish(), mem, y_test, test_sum, test_sq, R, binary)
-    rho, count = spearman(*_subsample_finite(est_a, est_b, 200_000, rng))
-    agreement = _top1_agreement(est_a, est_b)
+    pairs = _pairs_table(pairs.finish(), mem, y_test, test_sum, test_sq, R, binary, same_label)
+    stability = agreement = pair_stability = None
+    if split_half:
+        rho, count = spearman(*_subsample_finite(est_a, est_b, 200_000, rng))
+        stability = Stability(rho, (runs_a, R - runs_a), count)
+        agreement = _top1_agreement(est_a, est_b)
+        pair_stability = half_pairs.result((test_sum > 0) & (test_sum < R) if binary else varying)
     return InfluenceResult(
         value=source.value,
         runs=R,
@@ -537,10 +640,11 @@ def influence_from_source(
         top_n_out=tn_out,
         pairs=pairs,
         memorization=mem,
-        stability=Stability(rho, (runs_a, R - runs_a), count),
+        stability=stability,
         top1_agreement=agreement,
         test_label=y_test,
         varying=varying,
+        pair_stability=pair_stability,
         params=params,
     )
 
@@ -583,6 +687,22 @@ def _influence_from_sums(s_in: torch.Tensor, n_in: np.ndarray, total: np.ndarray
     n_out_t = torch.from_numpy(np.where(n_out > 0, n_out, 1.0).astype(np.float32))
     est = s_in / n_in_t - (torch.from_numpy(np.asarray(total, dtype=np.float32)) - s_in) / n_out_t
     return est.masked_fill_(invalid, float("nan")).numpy()
+
+
+def _sampled_half_estimates(products: HalfProducts, rows, sample, varying, n_in, totals, runs, out) -> None:
+    """Write each half's influence on the sampled test rows ``sample`` that vary into ``out``
+    (two ``(S, W)`` views); ``rows``: the test examples of the products' rows; ``n_in``,
+    ``totals`` (``(W,)`` and ``(T,)``) and ``runs``: per half."""
+    if rows.size == 0 or sample.size == 0:
+        return
+    loc = np.searchsorted(rows, sample)
+    present = (loc < rows.size) & (rows[np.minimum(loc, rows.size - 1)] == sample) & varying[sample]
+    if not present.any():
+        return
+    at = torch.from_numpy(loc[present])
+    for part, counts, total, r, target in zip(products.parts, n_in, totals, runs, out):
+        s_in = part.raw[at].to(torch.float32)
+        target[present] = _influence_from_sums(s_in, counts, total[sample][present, None], r)
 
 
 def _influence_se(s_in, q_in, n_in, s_all, q_all, n_out, binary: bool) -> np.ndarray:
@@ -628,26 +748,171 @@ class PairCollector:
         return min(self.kept, self.limit)
 
 
+@dataclass
+class _Columns:
+    """One column block's counts as the finishing step uses them: ``in_counts``, ``out_counts``
+    ``(W,) float32`` (1 where undefined), ``invalid (W,) bool`` (no run in or none out),
+    ``candidates``: positions of the columns that may form pairs, and their ``labels``."""
+
+    in_counts: torch.Tensor
+    out_counts: torch.Tensor
+    invalid: torch.Tensor
+    any_invalid: bool
+    candidates: torch.Tensor
+    labels: torch.Tensor
+
+    @classmethod
+    def of(cls, n_in: np.ndarray, n_out: np.ndarray, mem: np.ndarray, labels: np.ndarray, mem_threshold: float | None) -> "_Columns":
+        """From counts ``n_in``, ``n_out``, memorization and train labels ``(W,)``."""
+        valid = (n_in > 0) & (n_out > 0)
+        keep = valid if mem_threshold is None else valid & (mem >= mem_threshold)
+        candidates = np.flatnonzero(keep)
+        return cls(
+            torch.from_numpy(np.where(valid, n_in, 1).astype(np.float32)),
+            torch.from_numpy(np.where(valid, n_out, 1).astype(np.float32)),
+            torch.from_numpy(~valid),
+            not valid.all(),
+            torch.from_numpy(candidates),
+            torch.from_numpy(labels[candidates].astype(np.int64)),
+        )
+
+
+def _influence_tile(sums: torch.Tensor, totals: torch.Tensor, cols: _Columns, out: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """``out (t, W) float32`` = ``sums / n_in - (totals - sums) / n_out``, -inf in undefined
+    columns; ``sums (t, W)`` (int32 or float32), ``totals (t, 1)``, ``scratch (t, W) float32``.
+
+    Divisions and differences are rounded correctly whatever the vector width, so every entry
+    is the same whichever column block and tile it falls in."""
+    torch.div(sums, cols.in_counts, out=out)
+    torch.sub(totals, sums, out=scratch)
+    out.sub_(scratch.div_(cols.out_counts))
+    if cols.any_invalid:
+        out.masked_fill_(cols.invalid, float("-inf"))
+    return out
+
+
+def _pairs_above(infl: torch.Tensor, test_ids: torch.Tensor, cols: _Columns, y_test: torch.Tensor, threshold: float, same_label: bool):
+    """The entries of ``infl (t, W)`` in candidate columns at or above ``threshold`` (and, with
+    ``same_label``, whose train label is the test example's): ``(sub (t, C), rows, positions
+    in the candidates)``."""
+    sub = infl[:, cols.candidates]
+    hit_rows, hit_cols = torch.nonzero(sub >= threshold, as_tuple=True)
+    if same_label and hit_rows.numel():
+        same = cols.labels[hit_cols] == y_test[test_ids[hit_rows]]
+        hit_rows, hit_cols = hit_rows[same], hit_cols[same]
+    return sub, hit_rows, hit_cols
+
+
+class SplitHalfPairs:
+    """The top ``k`` influencers and the pairs above the thresholds from each half of the runs,
+    accumulated tile by tile beside the full estimates (see :class:`PairStability`).
+
+    ``runs``: runs per half; ``memorization``: each half's ``(N,)`` memorization; ``labels (N,)``
+    the train labels and ``y_test (T,)``; ``totals``: each half's ``(T,)`` per-test sums of
+    values. Each half's top-k keeps the other half's influence at the same entry.
+    """
+
+    def __init__(self, N, k, runs, memorization, labels, y_test, totals, infl_threshold, mem_threshold, same_label, max_pairs):
+        T = y_test.size
+        self.N = N
+        self.k = k
+        self.runs = runs
+        self.memorization = memorization
+        self.labels = labels
+        self.y_test = torch.from_numpy(np.asarray(y_test, dtype=np.int64))
+        self.totals = [torch.from_numpy(np.asarray(t, dtype=np.float32)) for t in totals]
+        self.infl_threshold = infl_threshold
+        self.mem_threshold = mem_threshold
+        self.same_label = same_label
+        self.topk = [TopK(T, k, 1), TopK(T, k, 1)]
+        self.pairs = [PairCollector(max_pairs), PairCollector(max_pairs)]
+        self._buffers: torch.Tensor | None = None
+
+    def start_columns(self, c0: int, n_in: tuple[np.ndarray, np.ndarray]) -> None:
+        """Begin the column block at ``c0`` with each half's in-counts ``(W,)``."""
+        W = n_in[0].size
+        self.c0 = c0
+        self.column_ids = torch.arange(c0, c0 + W)
+        self.columns = [
+            _Columns.of(counts, runs - counts, mem[c0 : c0 + W], self.labels[c0 : c0 + W], self.mem_threshold)
+            for counts, runs, mem in zip(n_in, self.runs, self.memorization)
+        ]
+
+    def add_tile(self, test_ids: torch.Tensor, sums_a: torch.Tensor, sums_b: torch.Tensor) -> None:
+        """Each half's in-sums ``(t, W)`` of the test examples ``test_ids (t,)``."""
+        t, W = sums_a.shape
+        buffers = self._scratch(t, W)
+        infl = [
+            _influence_tile(sums, self.totals[h][test_ids, None], self.columns[h], buffers[h], buffers[2])
+            for h, sums in enumerate((sums_a, sums_b))
+        ]
+        k = min(self.k, W)
+        for h in (0, 1):
+            value, where = topk_by_value_then_index(infl[h], k)
+            other = infl[1 - h].gather(1, where)
+            self.topk[h].merge(test_ids, value, self.column_ids[where], other.unsqueeze(-1))
+            cols = self.columns[h]
+            if cols.candidates.numel():
+                sub, rows, hits = _pairs_above(infl[h], test_ids, cols, self.y_test, self.infl_threshold, self.same_label)
+                if rows.numel():
+                    key = test_ids[rows] * self.N + cols.candidates[hits] + self.c0
+                    self.pairs[h].add({"key": key.numpy(), "infl": sub[rows, hits].numpy()})
+
+    def _scratch(self, t: int, W: int) -> torch.Tensor:
+        if self._buffers is None or self._buffers.shape[1] < t or self._buffers.shape[2] != W:
+            self._buffers = torch.empty(3, t, W)
+        return self._buffers[:, :t]
+
+    def result(self, rows: np.ndarray) -> PairStability:
+        """The agreement of the halves; ``rows (T,) bool``: the test examples whose value varies
+        between runs (those the top-k comparison is over)."""
+        keys = [_pair_keys(collector) for collector in self.pairs]
+        both = int(np.intersect1d(keys[0], keys[1], assume_unique=True).size)
+        rho, entries = spearman(*self._topk_union(rows))
+        truncated = any(c.found > c.limit for c in self.pairs)
+        return PairStability(self.runs, (int(keys[0].size), int(keys[1].size)), both, truncated, self.k, rho, entries)
+
+    def _topk_union(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Both halves' influence ``(E,)`` at the union of their top-k entries in ``rows`` (NaN
+        where a half has none)."""
+        keys, values_a, values_b = [], [], []
+        for h, top in enumerate(self.topk):
+            index, value, other = top.index.numpy(), top.value.numpy(), top.aux[..., 0].numpy()
+            kept = (index >= 0) & np.isfinite(value) & rows[:, None]
+            keys.append(np.nonzero(kept)[0] * self.N + index[kept])
+            values_a.append((value if h == 0 else other)[kept])
+            values_b.append((other if h == 0 else value)[kept])
+        _, first = np.unique(np.concatenate(keys), return_index=True)
+        a, b = (np.concatenate(v)[first].astype(np.float64) for v in (values_a, values_b))
+        return np.where(np.isfinite(a), a, np.nan), np.where(np.isfinite(b), b, np.nan)
+
+
+def _pair_keys(collector: PairCollector) -> np.ndarray:
+    """The sorted ``test * N + train`` keys of the pairs a collector kept."""
+    parts = collector.finish()
+    return np.unique(np.concatenate([p["key"] for p in parts])) if parts else np.zeros(0, dtype=np.int64)
+
+
 def _finish_columns(
-    product, rows, varying, n_in, n_out, test_sum, R, c0, topk, pairs, mem, labels_train, y_test,
-    infl_threshold, mem_threshold, same_label, dense_out,
+    products, rows, varying, n_in, n_out, test_sum, R, c0, topk, pairs, mem, labels_train, y_test,
+    infl_threshold, mem_threshold, same_label, dense_out, half_pairs=None,
 ):
     """Turn one column block's sums into influence, a few rows at a time (so that the
-    temporaries stay in cache): merge the top-k, collect the pairs, write the dense matrix.
+    temporaries stay in cache): merge the top-k, collect the pairs, write the dense matrix, and
+    finish each half (``half_pairs``, when the products keep the halves apart).
 
-    ``rows``: the test examples of the product's rows. Test examples that do not vary
+    ``rows``: the test examples of the products' rows. Test examples that do not vary
     (``~varying``; all vary when the dense matrix is written) have influence 0 wherever it is
     defined and go to the top-k directly.
     """
     W = n_in.size
     T = y_test.size
-    valid = (n_in > 0) & (n_out > 0)
-    any_invalid = not valid.all()
+    cols = _Columns.of(n_in, n_out, mem, labels_train, mem_threshold)
     column_ids = torch.arange(c0, c0 + W)
     k = min(topk.k, W)
 
     constant = np.flatnonzero(~varying)
-    first_valid = torch.from_numpy(np.flatnonzero(valid)[:k])
+    first_valid = torch.from_numpy(np.flatnonzero(~cols.invalid.numpy())[:k])
     if constant.size and first_valid.numel():
         kk = first_valid.numel()
         counts = torch.from_numpy(n_in.astype(np.float32))[first_valid]
@@ -657,16 +922,7 @@ def _finish_columns(
             s_in = all_right * counts[None, :]
             topk.merge(torch.from_numpy(ids), torch.zeros(ids.size, kk), column_ids[first_valid].expand(ids.size, -1), torch.stack([s_in, s_in], -1))
 
-    # Divisions and differences are rounded correctly whatever the vector width, so every entry
-    # is the same whichever column block and tile it falls in.
-    in_counts = torch.from_numpy(np.where(valid, n_in, 1).astype(np.float32))
-    out_counts = torch.from_numpy(np.where(valid, n_out, 1).astype(np.float32))
-    invalid_cols = torch.from_numpy(~valid)
     totals = torch.from_numpy(test_sum.astype(np.float32))
-    keep = valid if mem_threshold is None else valid & (mem >= mem_threshold)
-    candidates = np.flatnonzero(keep)
-    cand = torch.from_numpy(candidates)
-    cand_labels = torch.from_numpy(labels_train[candidates].astype(np.int64))
     y = torch.from_numpy(np.asarray(y_test, dtype=np.int64))
     work = np.flatnonzero(varying[rows])  # positions in the product of the rows to turn into influence
     whole = work.size == T  # every row, in order (always so when writing the dense matrix)
@@ -674,8 +930,8 @@ def _finish_columns(
     group = max(rt, DENSE_ROWS // rt * rt) if dense_out is not None else max(work.size, 1)
     staging = torch.empty(min(group, max(work.size, 1)), W) if dense_out is not None else torch.empty(rt, W)
     other = torch.empty(rt, W)
-    sums_all = product.raw  # int32 or float32: the arithmetic below promotes to float32
-    squares_all = product.square_sums
+    sums_parts = [part.raw for part in products.parts]  # int32 or float32: the arithmetic below promotes to float32
+    squares_parts = [part.square_sums for part in products.parts] if products.parts[0].square_sums is not None else None
     for g0 in range(0, work.size, group):
         g1 = min(g0 + group, work.size)
         for p0 in range(g0, g1, rt):
@@ -683,32 +939,24 @@ def _finish_columns(
             t = p1 - p0
             if whole:
                 test_ids = torch.arange(p0, p1)
-                sums = sums_all[p0:p1]
-                squares = squares_all[p0:p1] if squares_all is not None else sums
+                part_sums = [x[p0:p1] for x in sums_parts]
+                part_squares = [x[p0:p1] for x in squares_parts or ()]
             else:
                 positions = torch.from_numpy(work[p0:p1])
                 test_ids = torch.from_numpy(rows[work[p0:p1]])
-                sums = sums_all.index_select(0, positions)
-                squares = squares_all.index_select(0, positions) if squares_all is not None else sums
+                part_sums = [x.index_select(0, positions) for x in sums_parts]
+                part_squares = [x.index_select(0, positions) for x in squares_parts or ()]
+            sums = _added(part_sums)
+            squares = _added(part_squares) if part_squares else sums
             infl = staging[p0 - g0 : p1 - g0] if dense_out is not None else staging[:t]
-            rest = other[:t]
-            # influence = s_in / n_in - (total - s_in) / n_out
-            torch.div(sums, in_counts, out=infl)
-            torch.sub(totals[test_ids, None], sums, out=rest)
-            infl.sub_(rest.div_(out_counts))
-            if any_invalid:
-                infl.masked_fill_(invalid_cols, float("-inf"))
+            _influence_tile(sums, totals[test_ids, None], cols, infl, other[:t])
             value, where = topk_by_value_then_index(infl, k)
             aux = torch.stack([sums.gather(1, where).float(), squares.gather(1, where).float()], -1)
             topk.merge(test_ids, value, column_ids[where], aux)
-            if cand.numel():
-                sub = infl[:, cand]
-                hit_rows, hit_cols = torch.nonzero(sub >= infl_threshold, as_tuple=True)
-                if same_label and hit_rows.numel():
-                    same = cand_labels[hit_cols] == y[test_ids[hit_rows]]
-                    hit_rows, hit_cols = hit_rows[same], hit_cols[same]
+            if cols.candidates.numel():
+                sub, hit_rows, hit_cols = _pairs_above(infl, test_ids, cols, y, infl_threshold, same_label)
                 if hit_rows.numel():
-                    where_cols = cand[hit_cols]
+                    where_cols = cols.candidates[hit_cols]
                     pairs.add(
                         {
                             "test_index": test_ids[hit_rows].numpy(),
@@ -718,15 +966,22 @@ def _finish_columns(
                             "q_in": squares[hit_rows, where_cols].float().numpy(),
                         }
                     )
+            if half_pairs is not None:
+                half_pairs.add_tile(test_ids, *part_sums)
         if dense_out is not None:
             block = staging[: g1 - g0]
-            if any_invalid:
-                block.masked_fill_(invalid_cols, float("nan"))
+            if cols.any_invalid:
+                block.masked_fill_(cols.invalid, float("nan"))
             dense_out[g0:g1, c0 : c0 + W] = block.numpy()
 
 
-def _pairs_table(parts, mem: MemorizationResult, y_test, test_sum, test_sq, R: int, binary: bool) -> pd.DataFrame:
-    cols = ("train_index", "test_index", "infl", "mem", "label", "se", "n_in", "n_out")
+def _added(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The sum of the halves' tiles (the one tile when the halves are not kept apart)."""
+    return parts[0] if len(parts) == 1 else parts[0] + parts[1]
+
+
+def _pairs_table(parts, mem: MemorizationResult, y_test, test_sum, test_sq, R: int, binary: bool, same_label: bool = True) -> pd.DataFrame:
+    cols = PAIR_COLUMNS + (() if same_label else LABEL_COLUMNS)
     if not parts:
         return pd.DataFrame({c: np.zeros(0, dtype=np.float64 if c in ("infl", "mem", "se") else np.int64) for c in cols})
     joined = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -746,6 +1001,9 @@ def _pairs_table(parts, mem: MemorizationResult, y_test, test_sum, test_sq, R: i
             "n_out": n_out.astype(np.int64),
         }
     )
+    if not same_label:
+        table["train_label"] = mem.label[train].astype(np.int64)
+        table["test_label"] = y_test[test].astype(np.int64)
     return table.sort_values(["test_index", "infl", "train_index"], ascending=[True, False, True], kind="stable").reset_index(drop=True)
 
 

@@ -8,9 +8,14 @@ from typing import Optional
 
 import typer
 
-from . import app, export_app, handle_errors, import_app, print_json
+from . import app, export_app, fail, handle_errors, import_app, print_json
 
 VALUE_HELP = "Per-run value: correct (0/1), trueprob (probability of the label) or margin (label logit minus the largest other)."
+
+
+def _num(x: float | None, fmt: str = ".4f") -> str:
+    """``x`` formatted, or 'n/a' where the summary has no value (too few runs)."""
+    return "n/a" if x is None else format(x, fmt)
 
 
 def _stability_line(stability: dict) -> str:
@@ -86,8 +91,8 @@ def memorization(
         return
     typer.echo(f"memorization ({value}) of {summary['examples']:,} training examples from {summary['runs']} runs")
     q = summary["quantiles"]
-    typer.echo(f"  mean {summary['mean']:.4f}; median {q['50%']:.4f}; 90% {q['90%']:.4f}; 99% {q['99%']:.4f}")
-    typer.echo(f"  >= 0.25: {summary['at_least_0.25']:,}; >= 0.5: {summary['at_least_0.5']:,}; median standard error {summary['median_se']:.4f}")
+    typer.echo(f"  mean {_num(summary['mean'])}; median {_num(q['50%'])}; 90% {_num(q['90%'])}; 99% {_num(q['99%'])}")
+    typer.echo(f"  >= 0.25: {summary['at_least_0.25']:,}; >= 0.5: {summary['at_least_0.5']:,}; median standard error {_num(summary['median_se'])}")
     _report_missing(summary)
     typer.echo(_stability_line(summary["stability"]))
     for key in ("out", "grid"):
@@ -108,13 +113,17 @@ def _report_missing(summary: dict) -> None:
 def influence(
     store: Path = typer.Argument(..., help="Population store."),
     top: int = typer.Option(10, "--top", help="Most influential training examples kept per test example."),
-    pairs_out: Optional[Path] = typer.Option(None, "--pairs-out", help="CSV of high-influence pairs: train_index,test_index,infl,mem,label,se,n_in,n_out."),
+    pairs_out: Optional[Path] = typer.Option(
+        None, "--pairs-out", help="CSV of high-influence pairs: train_index,test_index,infl,mem,label,se,n_in,n_out (with --any-label also train_label,test_label)."
+    ),
     out: Optional[Path] = typer.Option(None, "--out", help="CSV of the top influencers: test_index,rank,train_index,infl,se,n_in,n_out."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
     value: str = typer.Option("correct", help=VALUE_HELP),
     infl_threshold: float = typer.Option(0.15, "--infl-threshold", help="Pairs: influence at least this."),
     mem_threshold: float = typer.Option(0.25, "--mem-threshold", help="Pairs: memorization of the training example at least this."),
     any_label: bool = typer.Option(False, "--any-label", help="Pairs need not share the label."),
+    max_pairs: int = typer.Option(5_000_000, "--max-pairs", help="Pairs kept at most (the strongest; at least 1); the summary says how many passed."),
+    split_half: bool = typer.Option(True, "--split-half/--no-split-half", help="Split-half agreement of the pairs and top influencers (twice the accumulator memory, a slower finishing step)."),
     dense: Optional[str] = typer.Option(None, "--dense", help="Also write the full influence matrix: 'store' or a path ending in .npy."),
     max_memory_gb: float = typer.Option(1.0, "--max-memory-gb", help="Memory for the accumulators of one block of training examples."),
     precision: str = typer.Option("auto", help="Matrix products: auto (int8 for 0/1 values, else float32), int8, bfloat16 or float32."),
@@ -128,10 +137,13 @@ def influence(
     from ..analysis.influence import influence as estimate
     from ..report.heldout import influence_grid
 
+    if max_pairs < 1:
+        fail(f"--max-pairs must be at least 1 (the most pairs kept), got {max_pairs}", 2)
     pop = manyruns.open(store)
     result = estimate(
         pop, value=value, top=top, infl_threshold=infl_threshold, mem_threshold=mem_threshold, same_label=not any_label,
-        block_size=block_size, max_block_bytes=int(max_memory_gb * 2**30), precision=precision, dense=dense,
+        block_size=block_size, max_block_bytes=int(max_memory_gb * 2**30), precision=precision, dense=dense, max_pairs=max_pairs,
+        split_half=split_half,
     )
     result.save(pop)
     summary = result.summary()
@@ -163,20 +175,44 @@ def influence(
     t = summary["thresholds"]
     typer.echo(f"  {summary['pairs']:,} high-influence pairs (infl >= {t['infl_threshold']}, mem >= {t['mem_threshold']}{', same label' if t['same_label'] else ''})")
     if summary["pairs_truncated"]:
-        typer.echo(f"  ({summary['pairs_found']:,} pairs passed the thresholds; the {summary['pairs']:,} strongest are kept: with few runs many pass by chance)")
+        typer.echo(
+            f"  truncated: {summary['pairs_found']:,} pairs passed the thresholds; only the {summary['pairs']:,} strongest are kept "
+            f"(--max-pairs {summary['max_pairs']:,}; with few runs many pass by chance)"
+        )
     _report_missing(summary)
-    typer.echo(_stability_line(summary["stability"]).replace("split-half", "influence split-half") + f"; top-1 agreement {summary['stability']['top1_agreement'] or 0:.2f}")
+    if summary["pair_stability"] is not None:
+        typer.echo(_pair_stability_line(summary["pair_stability"]))
+        typer.echo(
+            _stability_line(summary["stability"]).replace("split-half", "influence split-half (sampled test rows)")
+            + f"; top-1 agreement {_num(summary['stability']['top1_agreement'], '.2f')}"
+        )
+    else:
+        typer.echo("  influence split-half stability: not computed (--no-split-half)")
     typer.echo(_stability_line(summary["memorization_stability"]).replace("split-half", "memorization split-half"))
     for key in ("pairs_out", "out", "grid", "dense"):
         if summary.get(key):
             typer.echo(f"  wrote {summary[key]}")
 
 
+def _pair_stability_line(stability: dict) -> str:
+    a, b = stability["pairs_a"], stability["pairs_b"]
+    runs = stability["half_runs"]
+    line = f"  pairs split-half ({runs[0]} vs {runs[1]} runs): {a:,} and {b:,} pairs, {stability['pairs_both']:,} in both"
+    if stability["pair_agreement"] is not None:
+        line += f"; {stability['pair_agreement']:.0%} of the pairs found with one half are found with the other"
+    if stability["pairs_truncated"]:
+        line += " (a half's pairs truncated at --max-pairs)"
+    line += f"\n  top-{stability['k']} split-half: Spearman {_num(stability['topk_spearman'], '.3f')} over the union of the halves' top entries ({stability['topk_entries']:,}; negative when they are noise)"
+    return line
+
+
 @app.command()
 @handle_errors
 def cscore(
     store: Path = typer.Argument(..., help="Population store."),
-    out: Optional[Path] = typer.Option(None, "--out", help="CSV: index,label,cscore,se,<one column per ratio>,n_out_<ratio>...[,learning_speed],dataset_label."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="CSV: index,label,cscore,se,<one column per ratio>[,learning_speed], then n_out_<ratio>...[,learning_speed_se,learning_speed_count,learning_speed_runs],dataset_label."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
     value: str = typer.Option("correct", help=VALUE_HELP),
     learning_speed: Optional[bool] = typer.Option(None, "--learning-speed/--no-learning-speed", help="Learning-speed proxy (default: when the store records trueprob/train)."),
@@ -213,12 +249,16 @@ def cscore(
     typer.echo(f"C-scores ({value}) of {summary['examples']:,} training examples from {summary['runs']} runs at ratios {ratios}")
     if summary["runs_at_full_set_left_out"]:
         typer.echo(f"  left out {summary['runs_at_full_set_left_out']} runs trained on the full set (they hold nothing out)")
-    if summary["mean"] is not None:
-        typer.echo(f"  mean {summary['mean']:.4f}; median standard error {summary['median_se']:.4f}")
+    typer.echo(f"  mean {_num(summary['mean'])}; median standard error {_num(summary['median_se'])}")
     if summary["missing_a_ratio"]:
         typer.echo(f"  NaN for {summary['missing_a_ratio']:,} examples held out by no run at some ratio (n_out = 0): train more runs")
-    if summary["learning_speed_spearman"] is not None:
-        typer.echo(f"  learning-speed proxy: Spearman {summary['learning_speed_spearman']:.3f} with the C-score")
+    speed = summary["learning_speed"]
+    if speed is not None:
+        typer.echo(
+            f"  learning-speed proxy: Spearman {_num(summary['learning_speed_spearman'], '.3f')} with the C-score; "
+            f"mean {_num(speed['mean'])}, median standard error {_num(speed['median_se'])} over runs "
+            f"(median {_num(speed['median_count'], '.0f')} (run, epoch) values and {_num(speed['median_runs'], '.0f')} runs per example)"
+        )
     typer.echo(_stability_line(summary["stability"]))
     for key in ("out", "grid"):
         if key in summary:

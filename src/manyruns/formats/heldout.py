@@ -12,14 +12,16 @@ One experiment's directory holds ``<subset_ratio>/<run>/aux_arrays.npz``; each f
 
 The index arrays put every value at its example, so runs evaluated in different orders align.
 Import validates every file (keys, lengths, that the indices cover the dataset exactly once,
-that ``subsample_idx`` is the training part) before writing anything, and writes
-``mask/train``, ``correct/train``, ``correct/test`` and ``labels/train`` (the dataset's labels)
-per run; each run's subset ratio comes from its directory name. Export writes the same layout
-from any store with masks and correctness (or logits to derive it from).
+that ``subsample_idx`` is the training part, that the training part's size matches the ratio
+directory) before writing anything, and writes ``mask/train``, ``correct/train``,
+``correct/test`` and ``labels/train`` (the dataset's labels) per run; each run's subset ratio
+comes from its directory name. Export writes the same layout from any store with masks and
+correctness (or logits to derive it from).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import zipfile
@@ -177,6 +179,24 @@ def _check_permutation(index: np.ndarray, n: int, what: str, path: Path) -> None
         raise HeldoutFormatError(f"{path}: {what} must name every example exactly once; {detail}")
 
 
+def check_subset_ratio(run: ReleaseRun, mask: np.ndarray) -> None:
+    """Refuse a run whose training part does not have the size its ratio directory says.
+
+    ``mask (N,) bool``: the examples the run trained on. A subset of ratio ``q`` holds
+    ``q N`` examples rounded down or to the nearest (at least one), and one example more or
+    less is tolerated; anything else means the file is under the wrong directory.
+    """
+    n, k = mask.size, int(np.count_nonzero(mask))
+    expected = run.ratio * n
+    low = math.floor(expected + 1e-9) - 1
+    high = max(1, math.ceil(expected - 1e-9)) + 1
+    if not low <= k <= high:
+        raise HeldoutFormatError(
+            f"{run.path}: 'index_train' holds {k:,} of the {n:,} training examples (fraction {k / n:.4f}), "
+            f"but the file is under subset ratio {run.ratio_name} ({expected:,.1f} examples); move it under its ratio's directory"
+        )
+
+
 # ------------------------------------------------------------------------------- import
 
 
@@ -213,7 +233,7 @@ def import_release(
     todo = [r for r in found if f"{release_key}::{r.key}" not in known]
     skipped = len(found) - len(todo)
     for run in todo:  # validate everything before writing anything
-        read_run(run.path, data.n_train, data.n_test)
+        check_subset_ratio(run, read_run(run.path, data.n_train, data.n_test).mask)
     if not todo:
         return {"store": str(path), "dataset": data.name, "runs_added": 0, "runs": existing.num_runs if existing else 0, "skipped": skipped}
 

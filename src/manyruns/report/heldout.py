@@ -46,6 +46,36 @@ def extremes_grid(
     return image_grid(rows, path, title=title, row_labels=labels_out)
 
 
+def influence_rows(
+    top_index: np.ndarray,
+    top_value: np.ndarray,
+    test_labels: np.ndarray,
+    train_labels: np.ndarray,
+    rows: int = 10,
+    influencers: int = 4,
+    random_same_class: int = 4,
+    test_rows: np.ndarray | None = None,
+    seed: int = 0,
+) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """What the influence grid shows: for each test example (default: the ``rows`` with the
+    largest top influence), its index, the indices and values of its top ``influencers`` and
+    ``random_same_class`` random training examples of its class that are not among them.
+    ``top_index``/``top_value (T, k)``, ``test_labels (T,)``, ``train_labels (N,)``."""
+    rng = np.random.default_rng(seed)
+    if test_rows is None:
+        best = np.where(np.isfinite(top_value[:, 0]), top_value[:, 0], -np.inf)
+        test_rows = np.argsort(-best, kind="stable")[:rows]
+    out = []
+    for j in test_rows:
+        shown = top_index[j][:influencers]
+        values = top_value[j][:influencers][shown >= 0]
+        shown = shown[shown >= 0]
+        same = np.setdiff1d(np.flatnonzero(train_labels == test_labels[j]), shown)
+        random = rng.choice(same, size=min(random_same_class, same.size), replace=False)
+        out.append((int(j), shown, values, random))
+    return out
+
+
 def influence_grid(
     top_index: np.ndarray,
     top_value: np.ndarray,
@@ -62,21 +92,16 @@ def influence_grid(
     seed: int = 0,
 ) -> Path:
     """Test examples (default: those with the largest top influence) beside their most
-    influential training examples (framed red) and random training examples of the same class
-    (no frame). ``top_index``/``top_value (T, k)``; images ``(n, C, H, W) uint8``."""
-    rng = np.random.default_rng(seed)
-    if test_rows is None:
-        best = np.where(np.isfinite(top_value[:, 0]), top_value[:, 0], -np.inf)
-        test_rows = np.argsort(-best, kind="stable")[:rows]
+    influential training examples (framed red) and random other training examples of the same
+    class (no frame; see :func:`influence_rows`). ``top_index``/``top_value (T, k)``; images
+    ``(n, C, H, W) uint8``."""
     grid = []
-    for j in test_rows:
+    for j, shown, values, random in influence_rows(top_index, top_value, test_labels, train_labels, rows, influencers, random_same_class, test_rows, seed):
         label = int(test_labels[j])
         row = [Cell(test_images[j], f"test #{j}\n{class_names[label]}", "tab:blue")]
-        for i, v in zip(top_index[j][:influencers], top_value[j][:influencers]):
-            if i >= 0:
-                row.append(Cell(train_images[i], f"#{i} {class_names[int(train_labels[i])]}\ninfl {v:.2f}", "tab:red"))
-        same = np.flatnonzero(train_labels == label)
-        for i in rng.choice(same, size=min(random_same_class, same.size), replace=False):
+        for i, v in zip(shown, values):
+            row.append(Cell(train_images[i], f"#{i} {class_names[int(train_labels[i])]}\ninfl {v:.2f}", "tab:red"))
+        for i in random:
             row.append(Cell(train_images[i], f"#{i}\nrandom {class_names[label]}"))
         grid.append(row)
     return image_grid(grid, path, title="test example (blue), its top influencers (red), random training examples of its class", cell_inches=1.3)
