@@ -4,13 +4,19 @@
    four train fractions in equal shares) in a fresh store and times ``manyruns.train`` with
    ``--workers`` processes: seconds per network (wall), networks per hour, the projection for
    the recipe's 1,200 networks, and the mean per-network time by train fraction (as the
-   workers measured it). Needs MNIST (``--data-dir`` or ``$MANYRUNS_DATA``); skipped without.
+   workers measured it). Against it, in the same run: the first ``--baseline-networks`` of the
+   same networks (same sampled hyperparameters and train fractions) trained by a plain
+   sequential PyTorch loop, one after another (a ``DataLoader`` over a ``TensorDataset`` of
+   the network's subset, the same optimizer, dropout, per-epoch test and train-subset
+   evaluation and checkpoints; torch's default threads), and the floor: the networks' FLOPs
+   over the float32 GEMM rate measured in the same run. Needs MNIST (``--data-dir`` or
+   ``$MANYRUNS_DATA``); skipped without.
 2. Files: writes a synthetic zoo directory of ``--synthetic-networks`` networks x 9
    checkpoints (random weights, the published layout and names), then times
    ``import smallcnnzoo`` into a store, per-tensor statistics over every checkpoint, and
    ``export smallcnnzoo`` back (rows per second each).
 
-    python benchmarks/bench_zoo.py [--runs 24] [--workers 2] [--synthetic-networks 2000]
+    python benchmarks/bench_zoo.py [--runs 24] [--baseline-networks 8] [--workers 2] [--synthetic-networks 2000]
 """
 
 from __future__ import annotations
@@ -25,12 +31,21 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, default_data_dir, machine  # noqa: E402
+from bench_training import layer_flops  # noqa: E402
+from common import REPO, default_data_dir, gemm_rate, machine  # noqa: E402
 
 import manyruns  # noqa: E402
 from manyruns.analysis.zoo import zoo_samples  # noqa: E402
+from manyruns.data import load_dataset  # noqa: E402
+from manyruns.models.architectures import create_model  # noqa: E402
+from manyruns.plan import plan_runs, run_recipe  # noqa: E402
+from manyruns.training.data import scale  # noqa: E402
+from manyruns.training.optim import make_optimizer  # noqa: E402
 from manyruns.formats.smallcnnzoo import Architecture, export_smallcnnzoo, import_smallcnnzoo, our_layout, write_layout, zoo_tensors_for  # noqa: E402
 from manyruns.recipe import Recipe  # noqa: E402
 
@@ -57,7 +72,80 @@ def bench_training(runs: int, workers: int, data_dir: str, root: Path) -> dict:
         "projected_hours_for_recipe": full * wall / runs / 3600,
         "recipe_networks": full,
         "worker_seconds_per_network_by_train_fraction": {str(k): v for k, v in per_fraction.items()},
+        "worker_seconds_first": table.seconds.tolist(),
         "diverged": report.diverged,
+    }
+
+
+def network_flops(recipe: Recipe, ratio: float, dataset) -> float:
+    """Matrix-product FLOPs of one zoo network: per training example per epoch the forward pass,
+    the weight gradients and the input gradients of every layer but the first; the evaluations
+    (test set and the training subset, at initialization and after every epoch); the final
+    logits on every train and test example."""
+    layers = layer_flops(create_model(recipe.model, dataset.input_shape, dataset.num_classes, 0), dataset.input_shape)
+    fwd = sum(layers)
+    n = round(ratio * dataset.n_train)
+    E = recipe.training.epochs
+    evaluations = (E + 1) * (dataset.n_test + n) * fwd
+    return float(E * n * (3 * fwd - layers[0]) + evaluations + (dataset.n_train + dataset.n_test) * fwd)
+
+
+def baseline_network(recipe: Recipe, ratio: float, dataset, seed: int) -> float:
+    """Seconds for one zoo network as a plain PyTorch script would train and evaluate it."""
+    torch.manual_seed(seed)
+    x = torch.from_numpy(scale(dataset.x_train, recipe.data.normalize, None))
+    xt = torch.from_numpy(scale(dataset.x_test, recipe.data.normalize, None))
+    y, yt = torch.from_numpy(dataset.y_train), torch.from_numpy(dataset.y_test)
+    t0 = time.perf_counter()
+    subset = torch.randperm(dataset.n_train)[: round(ratio * dataset.n_train)]
+    model = create_model(recipe.model, dataset.input_shape, dataset.num_classes, seed)
+    opt = make_optimizer(model.parameters(), recipe.optimizer)
+    loader = DataLoader(TensorDataset(x[subset], y[subset]), batch_size=recipe.training.batch_size, shuffle=True)
+    checkpoints = []
+
+    def evaluate() -> None:
+        model.eval()
+        with torch.no_grad():
+            for inputs, labels in ((xt, yt), (x[subset], y[subset])):
+                nn.functional.cross_entropy(torch.cat([model(inputs[i : i + 4096]) for i in range(0, len(inputs), 4096)]), labels)
+
+    evaluate()
+    checkpoints.append(torch.cat([q.detach().flatten() for q in model.parameters()]))
+    for epoch in range(1, recipe.training.epochs + 1):
+        model.train()
+        for xb, yb in loader:
+            loss = nn.functional.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        evaluate()
+        if epoch in recipe.record.weights:
+            checkpoints.append(torch.cat([q.detach().flatten() for q in model.parameters()]))
+    model.eval()
+    with torch.no_grad():
+        for inputs in (x, xt):
+            torch.cat([model(inputs[i : i + 4096]) for i in range(0, len(inputs), 4096)])
+    return time.perf_counter() - t0
+
+
+def bench_baseline(networks: int, data_dir: str) -> dict:
+    """The first ``networks`` of the recipe's zoo through :func:`baseline_network`, and their floor."""
+    recipe = Recipe.load(REPO / "examples" / "small-cnn-zoo-mnist-cpu.toml").with_overrides({"population.runs": networks})
+    dataset = load_dataset(recipe.data.dataset, data_dir)
+    rate = gemm_rate(torch.float32)
+    seconds, flops = [], []
+    for plan in plan_runs(recipe):
+        resolved = run_recipe(recipe, plan)
+        seconds.append(baseline_network(resolved, plan.subset, dataset, plan.index))
+        flops.append(network_flops(resolved, plan.subset, dataset))
+    return {
+        "networks": networks,
+        "seconds_per_network": float(np.mean(seconds)),
+        "seconds": seconds,
+        "gemm_rate_float32": rate,
+        "floor_seconds_per_network": float(np.mean(flops)) / rate,
+        "gflop_per_network": float(np.mean(flops)) / 1e9,
+        "torch_threads": torch.get_num_threads(),
     }
 
 
@@ -137,6 +225,7 @@ def bench_files(networks: int, root: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=24, help="networks to train (0: skip training)")
+    parser.add_argument("--baseline-networks", type=int, default=8, help="of the same networks, trained by the plain loop (0: skip)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--synthetic-networks", type=int, default=2000, help="networks in the synthetic zoo (0: skip)")
     parser.add_argument("--data-dir", default=default_data_dir())
@@ -148,6 +237,16 @@ def main() -> None:
         if args.runs and args.data_dir:
             results["training"] = bench_training(args.runs, args.workers, args.data_dir, root)
             print(json.dumps(results["training"], indent=2))
+            if args.baseline_networks:
+                base = bench_baseline(args.baseline_networks, args.data_dir)
+                engine = results["training"]
+                # the engine's networks are the recipe's first --runs, so its first ones are the baseline's
+                base["engine_worker_seconds_same_networks"] = engine["worker_seconds_first"][: args.baseline_networks]
+                base["engine_wall_seconds_per_network"] = engine["seconds_per_network"]
+                base["speedup_wall"] = base["seconds_per_network"] / engine["seconds_per_network"]
+                base["floor_fraction_of_engine_rate"] = base["floor_seconds_per_network"] / engine["seconds_per_network"]
+                results["baseline"] = base
+                print(json.dumps(base, indent=2))
         elif args.runs:
             print("no MNIST (--data-dir or $MANYRUNS_DATA): training skipped")
         if args.synthetic_networks:

@@ -68,6 +68,7 @@ weights = [0, 1, 2]
 
 # The release's layout of the 4,970-parameter network: per layer bias, then kernel.
 PUBLISHED_RANGES = [(0, 16), (16, 160), (160, 176), (176, 2480), (2480, 2496), (2496, 4800), (4800, 4810), (4810, 4970)]
+PUBLISHED_NAMES = [f"sequential/{layer}/{leaf}:0" for layer in ("conv2d", "conv2d_1", "conv2d_2", "dense") for leaf in ("bias", "kernel")]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -200,7 +201,10 @@ def published_forward(row: np.ndarray, layout: pd.DataFrame, images: np.ndarray,
     """Logits of a network given as one row in the release's layout, computed directly:
     channels-last images, (h, w, in, out) kernels, stride-2 'valid' convolutions, global
     average pooling, a dense (in, out) layer. ``images (N, H, W, 1)`` -> ``(N, 10)``."""
-    tensors = {v: row[s:e].reshape(tuple(int(d) for d in sh.strip("()").split(",") if d.strip())) for v, s, e, sh in layout.itertuples(index=False)}
+    tensors = {
+        v.removeprefix("sequential/"): row[s:e].reshape(tuple(int(d) for d in sh.strip("()").split(",") if d.strip()))
+        for v, s, e, sh in layout.itertuples(index=False)
+    }
     act = {"relu": lambda z: np.maximum(z, 0), "tanh": np.tanh}[activation]
     h = images.astype(np.float64)
     for name in ("conv2d", "conv2d_1", "conv2d_2"):
@@ -325,18 +329,46 @@ def _break(kind: str, folder: Path) -> str:
     layout = pd.read_csv(folder / "layout.csv")
     if kind == "layout_short":
         layout.iloc[:-1].to_csv(folder / "layout.csv", index=False)
-        return "cover columns 0..4809"
+        return "layout.csv, row 7 (sequential/dense/bias:0): the last range ends at end_idx 4810, so the ranges cover columns 0..4809 but the rows of weights.npy have 4970 columns"
+    if kind == "layout_overrun":
+        np.save(folder / "weights.npy", np.load(folder / "weights.npy")[:, :-10])
+        return "layout.csv, row 8 (sequential/dense/kernel:0): end_idx 4970 runs past the 4960 columns of the rows of weights.npy"
+    if kind == "layout_order":
+        layout.loc[[2, 3, 4, 5], "varname"] = layout.varname[[4, 5, 2, 3]].to_numpy()  # names disagree with the columns
+        layout.to_csv(folder / "layout.csv", index=False)
+        return "layout.csv, row 5: layer 'sequential/conv2d_1' (from column 2480) follows layer 'sequential/conv2d_2' in the columns but not in name order"
+    if kind == "layout_name":
+        layout.loc[[2, 3], "varname"] = ["block1/bias:0", "block1/kernel:0"]
+        layout.to_csv(folder / "layout.csv", index=False)
+        return "layout.csv, row 3: layer name 'block1' is not conv2d, conv2d_<i> or dense"
     if kind == "layout_gap":
         layout.loc[3, ["start_idx", "shape"]] = [177, "(2303,)"]  # column 176 belongs to no tensor
         layout.to_csv(folder / "layout.csv", index=False)
-        return "row 4 (conv2d_1/kernel:0): start_idx 177 leaves columns 176..176 unassigned"
+        return "row 4 (sequential/conv2d_1/kernel:0): start_idx 177 leaves columns 176..176 unassigned"
     if kind == "layout_shape":
         layout.loc[1, "shape"] = "(3, 3, 1, 15)"
         layout.to_csv(folder / "layout.csv", index=False)
         return "row 2"
     if kind == "rows_mismatch":
         write_metrics(frame.iloc[:-1], folder)
-        return "has 23 rows but"
+        return f"metrics.csv.gz has 23 rows but {folder / 'weights.npy'} has 24; they must match row for row (one per network and checkpoint): {folder / 'weights.npy'}, row 24 has no row of metrics"
+    if kind == "rows_extra":
+        extra = frame.iloc[[-1]].assign(step=3)
+        write_metrics(pd.concat([frame, extra], ignore_index=True), folder)
+        return "metrics.csv.gz, row 25 (modeldir 'run_000007', step 3) has no row of weights"
+    if kind == "metric_text":
+        frame["test_accuracy"] = frame["test_accuracy"].astype(object)
+        frame.loc[4, "test_accuracy"] = "oops"
+        write_metrics(frame, folder)
+        return "metrics.csv.gz, row 5 (modeldir 'run_000001', step 1): test_accuracy = 'oops' is not a number"
+    if kind == "metric_percent":
+        frame.loc[2, "train_accuracy"] = 93.5
+        write_metrics(frame, folder)
+        return "metrics.csv.gz, row 3 (modeldir 'run_000000', step 2): train_accuracy = 93.5 is not an accuracy in [0, 1] (a fraction, not a percentage)"
+    if kind == "metric_negative":
+        frame.loc[7, "test_accuracy"] = -0.25
+        write_metrics(frame, folder)
+        return "metrics.csv.gz, row 8 (modeldir 'run_000002', step 1): test_accuracy = -0.25 is not an accuracy in [0, 1]"
     if kind == "activation":
         frame.loc[4, "config.activation"] = "swish"
         frame.loc[frame.modeldir == frame.modeldir[4], "config.activation"] = "swish"
@@ -357,7 +389,26 @@ def _break(kind: str, folder: Path) -> str:
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["layout_short", "layout_gap", "layout_shape", "rows_mismatch", "activation", "w_init", "inconsistent", "duplicate"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "layout_short",
+        "layout_overrun",
+        "layout_gap",
+        "layout_shape",
+        "layout_order",
+        "layout_name",
+        "rows_mismatch",
+        "rows_extra",
+        "metric_text",
+        "metric_percent",
+        "metric_negative",
+        "activation",
+        "w_init",
+        "inconsistent",
+        "duplicate",
+    ],
+)
 def test_importer_errors_name_file_and_row_and_write_nothing(exported, tmp_path, kind):
     folder = copy_zoo(exported, tmp_path / "zoo")
     expected = _break(kind, folder)
@@ -369,6 +420,68 @@ def test_importer_errors_name_file_and_row_and_write_nothing(exported, tmp_path,
     assert file in message and expected in message, message
     assert "\n" not in message
     assert not target.exists()
+
+
+def test_messages_print_plain_values_not_numpy_reprs(exported, tmp_path):
+    folder = copy_zoo(exported, tmp_path / "zoo")
+    metrics = folder / "metrics.csv.gz"
+    frame = read_metrics(folder)
+    broken = frame.copy()
+    broken.loc[broken.modeldir == "run_000000", "config.dropout"] = 1.5
+    write_metrics(broken, folder)
+    with pytest.raises(ZooFormatError) as info:
+        import_smallcnnzoo(folder, tmp_path / "s")
+    assert str(info.value) == f"{metrics}, row 1 (modeldir 'run_000000', step 0): config.dropout = 1.5 is not a number in [0, 1)"
+    broken = frame.copy()
+    broken["config.num_layers"] = 4
+    write_metrics(broken, folder)
+    with pytest.raises(ZooFormatError) as info:
+        import_smallcnnzoo(folder, tmp_path / "s")
+    assert str(info.value) == f"{metrics}, row 1 (modeldir 'run_000000', step 0): config.num_layers = 4 but {folder / 'layout.csv'} describes 3"
+    broken = frame.copy()
+    broken.loc[5, "config.learning_rate"] = 0.5
+    write_metrics(broken, folder)
+    with pytest.raises(ZooFormatError) as info:
+        import_smallcnnzoo(folder, tmp_path / "s")
+    reference = frame.loc[3, "config.learning_rate"]
+    assert str(info.value) == (
+        f"{metrics}, row 6 (modeldir 'run_000001', step 2): config.learning_rate = 0.5 differs from {float(reference)!r} in the network's row 4"
+    )
+
+
+def test_missing_and_infinite_metric_values_are_kept(exported, tmp_path):
+    folder = copy_zoo(exported, tmp_path / "zoo")
+    frame = read_metrics(folder)
+    frame.loc[7, "test_loss"] = np.nan  # run_000002, epoch 1: written as an empty cell
+    frame.loc[7, "test_accuracy"] = np.nan
+    frame.loc[17, "train_loss"] = np.inf  # run_000005, its last checkpoint
+    write_metrics(frame, folder)
+    pop = import_smallcnnzoo(folder, tmp_path / "s")
+    metrics = pop.load("metrics", "all")
+    assert np.isnan(metrics[2, 1, 2]) and np.isnan(metrics[2, 1, 3]) and np.isinf(metrics[5, 2, 0])
+    assert pop.runs.status[2] == "ok" and pop.runs.status[5] == "diverged"
+
+
+def test_layer_order_comes_from_columns_not_rows(zoo, exported, tmp_path):
+    original = manyruns.open(zoo)
+    for name, order in (("swapped", [0, 1, 4, 5, 2, 3, 6, 7]), ("reversed", list(range(7, -1, -1)))):
+        folder = copy_zoo(exported, tmp_path / name)
+        layout = pd.read_csv(folder / "layout.csv")
+        layout.iloc[order].to_csv(folder / "layout.csv", index=False)
+        pop = import_smallcnnzoo(folder, tmp_path / f"{name}-store")
+        for epoch in (0, 1, 2):
+            assert np.array_equal(pop.load(f"weights/epoch_{epoch}", "all"), original.load(f"weights/epoch_{epoch}", "all")), (name, epoch)
+
+
+def test_export_writes_the_published_names_and_reads_unscoped_ones(zoo, exported, tmp_path):
+    layout = pd.read_csv(exported / "layout.csv")
+    assert layout.varname.tolist() == PUBLISHED_NAMES
+    folder = copy_zoo(exported, tmp_path / "zoo")
+    layout.assign(varname=layout.varname.str.removeprefix("sequential/")).to_csv(folder / "layout.csv", index=False)
+    pop = import_smallcnnzoo(folder, tmp_path / "s")
+    assert np.array_equal(pop.load("weights/epoch_2", "all"), manyruns.open(zoo).load("weights/epoch_2", "all"))
+    export_smallcnnzoo(pop, tmp_path / "again")
+    assert (tmp_path / "again" / "layout.csv").read_bytes() == (exported / "layout.csv").read_bytes()
 
 
 def test_cli_import_error_is_one_line_exit_1(exported, tmp_path):
@@ -561,6 +674,19 @@ def test_gbm_backend_choice():
             fit_predictor("gbm", X[:120], y[:120], X[120:160], y[120:160], gbm_backend="lightgbm")
 
 
+def test_gbm_falls_back_to_sklearn_without_lightgbm(zoo, monkeypatch):
+    monkeypatch.setitem(sys.modules, "lightgbm", None)  # `import lightgbm` now fails as if it were not installed
+    assert not lightgbm_available()
+    X, y = synthetic(200)
+    fitted = fit_predictor("gbm", X[:120], y[:120], X[120:160], y[120:160], gbm_backend="auto")
+    assert fitted.info["backend"] == "sklearn"
+    result = predict_accuracy(manyruns.open(zoo), "stats", "gbm", gbm_backend="auto", save=False)
+    assert result.metrics["predictor"]["backend"] == "sklearn"
+    with pytest.raises(ValueError) as info:
+        fit_predictor("gbm", X[:120], y[:120], X[120:160], y[120:160], gbm_backend="lightgbm")
+    assert str(info.value) == "gbm backend 'lightgbm' asked for but lightgbm is not installed (pip install 'manyruns[zoo]')"
+
+
 def test_lightgbm_backend():
     pytest.importorskip("lightgbm")
     X, y = synthetic()
@@ -591,6 +717,34 @@ def test_zoo_predict_cli(zoo, tmp_path):
     # the text form prints the table
     result = invoke("zoo-predict", str(zoo), "--features", "hyper", "--model", "linear", "--out", str(tmp_path / "r2"))
     assert result.exit_code == 0 and "Kendall tau (test)" in result.stdout
+
+
+def strict_json(text: str):
+    """``json.loads`` that refuses NaN and Infinity, which are not JSON."""
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_print_json_writes_null_for_non_finite_floats(capsys):
+    from manyruns.cli import print_json
+
+    print_json({"a": float("nan"), "b": [np.float32(np.inf), np.float64(-np.inf), 1.5], "c": np.int64(3), "d": np.bool_(True)})
+    assert strict_json(capsys.readouterr().out) == {"a": None, "b": [None, None, 1.5], "c": 3, "d": True}
+
+
+def test_zoo_predict_json_is_valid_when_scores_are_undefined(zoo, tmp_path):
+    out = tmp_path / "report"
+    # one test network with one checkpoint: R^2 and tau are undefined
+    result = invoke("zoo-predict", str(zoo), "--model", "linear", "--test-fraction", "0.1", "--val-fraction", "0.125", "--out", str(out), "--json")
+    assert result.exit_code == 0, result.stderr
+    m = strict_json(result.stdout)
+    assert m["n_test_networks"] == 1 and m["n_test_samples"] == 1
+    assert m["r2"] is None and m["kendall_tau"] is None
+    saved = strict_json((out / "metrics.json").read_text())
+    assert saved["r2"] is None and saved["kendall_tau"] is None and saved["n_test_networks"] == 1
 
 
 def test_zoo_predict_bad_input(zoo):

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from ..population import Population
+from ..store import json_safe
 from .zoo_predictors import GBM_BACKENDS, MODELS, fit_predictor
 
 FEATURE_SETS = ("stats", "weights", "hyper", "stats+hyper")
@@ -353,22 +354,10 @@ def predict_accuracy(
     result = ZooPrediction(metrics, samples.runs, samples.checkpoints, split, samples.y, y_pred, params)
     if save:
         group = pop.store.analysis_group(analysis_name(features, model, target), params)
-        group.attrs["metrics"] = _json_safe(metrics)
+        group.attrs["metrics"] = json_safe(metrics)
         group.create_array("runs", data=samples.runs.astype(np.int64))
         group.create_array("checkpoints", data=samples.checkpoints.astype(np.int64))
         group.create_array("split", data=split)
         group.create_array("y_true", data=samples.y.astype(np.float64))
         group.create_array("y_pred", data=y_pred)
     return result
-
-
-def _json_safe(obj):
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return None if not np.isfinite(obj) else float(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj

@@ -52,7 +52,10 @@ def handle_errors(fn):
 
 
 def print_json(obj) -> None:
-    typer.echo(json.dumps(obj, indent=2, default=float))
+    """Print ``obj`` as JSON, with ``null`` for non-finite floats (NaN is not JSON)."""
+    from ..store import json_safe
+
+    typer.echo(json.dumps(json_safe(obj), indent=2, default=float))
 
 
 def main() -> None:

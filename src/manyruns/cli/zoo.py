@@ -81,6 +81,7 @@ def zoo_predict(
 ):
     """Predict test accuracy from weights: split by network, fit, and score R^2 and Kendall's tau on the test networks."""
     from ..analysis.zoo import analysis_name, predict_accuracy
+    from ..store import json_safe
     from ..population import open as open_population
     from ..report.zoo import prediction_scatter
 
@@ -92,7 +93,7 @@ def zoo_predict(
     folder = out or store / "reports" / "zoo-predict" / analysis_name(features, model, target).removeprefix("zoo-predict-")
     folder.mkdir(parents=True, exist_ok=True)
     result.table().to_csv(folder / "predictions.csv", index=False)
-    (folder / "metrics.json").write_text(json.dumps(m, indent=2, default=float))
+    (folder / "metrics.json").write_text(json.dumps(json_safe(m), indent=2, default=float))
     test = result.split == 2
     prediction_scatter(
         result.y_true[test],

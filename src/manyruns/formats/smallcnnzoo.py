@@ -7,7 +7,8 @@ A zoo directory holds three files::
                      modeldir (which network), step (the checkpoint's epoch), test_accuracy,
                      test_loss, train_accuracy, train_loss
     layout.csv       varname, start_idx, end_idx, shape: which columns of a row hold which tensor
-                     (names end in ``kernel:0`` or ``bias:0``; ``end_idx`` is exclusive)
+                     (``sequential/conv2d/bias:0``, ..., ``sequential/dense/kernel:0``; the
+                     ``sequential/`` scope is optional on import; ``end_idx`` is exclusive)
 
 The release orders each layer's bias before its kernel and stores convolution kernels as
 (height, width, in, out) and dense kernels as (in, out); this project flattens each layer as
@@ -90,6 +91,8 @@ ZOO_INIT_NAMES = {
 ZOO_DATASET_NAMES = {"mnist": "mnist", "fashion-mnist": "fashion_mnist", "cifar10": "cifar10", "cifar10-gs": "cifar10", "svhn": "svhn_cropped", "svhn-gs": "svhn_cropped"}
 INPUT_SIZES = {"digits": 8, "mnist": 28, "fashion-mnist": 28, "cifar10": 32, "cifar10-gs": 32, "cifar100": 32, "svhn": 32, "svhn-gs": 32}
 BATCH_SIZE = 512  # the release's batch size; an imported store's recipe records it for information
+LAYER_SCOPE = "sequential"  # the release's varnames: sequential/conv2d/bias:0, ...
+LAYER_NAME = re.compile(rf"(?:{LAYER_SCOPE}(?:_\d+)?/)?(conv2d|dense)(?:_(\d+))?")
 
 
 def _key(name: Any) -> str:
@@ -148,7 +151,8 @@ def _our_layers(params: list[dict]) -> list[tuple[str, dict, dict]]:
 
 def zoo_tensors_for(params: list[dict]) -> list[ZooTensor]:
     """The release's layout for a small CNN whose flattened layout (ours) is ``params``
-    (``pop.layout["params"]``): per layer bias then kernel, kernels HWIO / (in, out)."""
+    (``pop.layout["params"]``): per layer bias then kernel, kernels HWIO / (in, out), named
+    as the release names them (``sequential/conv2d/bias:0``, ..., ``sequential/dense/kernel:0``)."""
     out: list[ZooTensor] = []
     start, conv = 0, 0
     for kind, weight, bias in _our_layers(params):
@@ -160,15 +164,16 @@ def zoo_tensors_for(params: list[dict]) -> list[ZooTensor]:
         else:
             name = "dense"
             kernel = tuple(reversed(weight["shape"]))
-        for varname, shape in ((f"{name}/bias:0", tuple(bias["shape"])), (f"{name}/kernel:0", kernel)):
+        for varname, shape in ((f"{LAYER_SCOPE}/{name}/bias:0", tuple(bias["shape"])), (f"{LAYER_SCOPE}/{name}/kernel:0", kernel)):
             size = math.prod(shape)
             out.append(ZooTensor(varname, start, start + size, tuple(int(s) for s in shape)))
             start += size
     return out
 
 
-def _zoo_layers(tensors: list[ZooTensor], where: str) -> list[tuple[str, ZooTensor, ZooTensor]]:
-    """Group layout rows into ``(kind, kernel, bias)`` layers in the order the kernels appear."""
+def _group_tensors(tensors: list[ZooTensor], where: str) -> dict[str, dict[str, tuple[int, ZooTensor]]]:
+    """Layout rows by layer name (the varname before ``/kernel:0`` or ``/bias:0``):
+    ``{layer: {"kernel" | "bias": (row counted from 1, tensor)}}``."""
     groups: dict[str, dict[str, tuple[int, ZooTensor]]] = {}
     for row, t in enumerate(tensors, start=1):
         prefix, _, leaf = t.varname.rpartition("/")
@@ -179,11 +184,31 @@ def _zoo_layers(tensors: list[ZooTensor], where: str) -> list[tuple[str, ZooTens
         if kind in group:
             raise ZooFormatError(f"{where}, row {row}: a second {kind} for layer {prefix!r}")
         group[kind] = (row, t)
-    layers = []
-    for prefix, group in sorted(groups.items(), key=lambda kv: min(r for r, _ in kv[1].values())):
+    return groups
+
+
+def _name_order(layer: str, kind: str, row: int, where: str) -> tuple[int, int]:
+    """Where a layer's name puts it: ``(0, i)`` for ``conv2d`` (i = 0) and ``conv2d_<i>``,
+    ``(1, i)`` for ``dense`` and ``dense_<i>``, each optionally under ``sequential/``."""
+    match = LAYER_NAME.fullmatch(layer)
+    if match is None:
+        raise ZooFormatError(f"{where}, row {row}: layer name {layer!r} is not conv2d, conv2d_<i> or dense (optionally under sequential/)")
+    base, index = match.group(1), int(match.group(2) or 0)
+    if (base == "conv2d") != (kind == "conv"):
+        raise ZooFormatError(f"{where}, row {row}: layer {layer!r} has a {'4-D convolution' if kind == 'conv' else '2-D dense'} kernel")
+    return (0 if base == "conv2d" else 1, index)
+
+
+def _zoo_layers(tensors: list[ZooTensor], where: str) -> list[tuple[str, ZooTensor, ZooTensor]]:
+    """Group layout rows into ``(kind, kernel, bias)`` layers in the order of their columns
+    (``start_idx``), which must agree with the order of their names (conv2d, conv2d_1, ...,
+    dense); the order of the rows in the file does not matter."""
+    groups = _group_tensors(tensors, where)
+    layers, previous = [], None
+    for prefix, group in sorted(groups.items(), key=lambda kv: min(t.start for _, t in kv[1].values())):
+        row = min(r for r, _ in group.values())
         if set(group) != {"kernel", "bias"}:
             missing = ({"kernel", "bias"} - set(group)).pop()
-            row = min(r for r, _ in group.values())
             raise ZooFormatError(f"{where}, row {row}: layer {prefix!r} has no {missing}")
         (krow, kernel), (_, bias) = group["kernel"], group["bias"]
         if len(kernel.shape) == 4:
@@ -194,6 +219,14 @@ def _zoo_layers(tensors: list[ZooTensor], where: str) -> list[tuple[str, ZooTens
             raise ZooFormatError(f"{where}, row {krow}: kernel {kernel.varname!r} has shape {kernel.shape}; expected (h, w, in, out) or (in, out)")
         if bias.shape != (kernel.shape[-1],):
             raise ZooFormatError(f"{where}, row {krow}: bias shape {bias.shape} does not match kernel {kernel.varname!r} with {kernel.shape[-1]} outputs")
+        order = _name_order(prefix, kind, row, where)
+        if previous is not None and order <= previous[0]:
+            start = min(t.start for _, t in group.values())
+            raise ZooFormatError(
+                f"{where}, row {row}: layer {prefix!r} (from column {start}) follows layer {previous[1]!r} in the columns "
+                f"but not in name order (conv2d, conv2d_1, conv2d_2, ..., dense)"
+            )
+        previous = (order, prefix)
         layers.append((kind, kernel, bias))
     return layers
 
@@ -288,15 +321,27 @@ def read_layout(path: Path, num_columns: int) -> list[ZooTensor]:
         tensors.append(ZooTensor(str(varname), start, end, shape))
     if not tensors:
         raise ZooFormatError(f"{path}: no rows")
-    position = 0
+    _check_coverage(tensors, num_columns, path)
+    return tensors
+
+
+def _check_coverage(tensors: list[ZooTensor], num_columns: int, path: Path) -> None:
+    """The ranges of ``tensors``, taken by ``start_idx``, must be contiguous from 0 and end at
+    ``num_columns``; an error names the row (counted from 1) where they stop doing so."""
+    position, last = 0, None
     for row, t in sorted(enumerate(tensors, start=1), key=lambda rt: rt[1].start):
         if t.start != position:
             what = "overlaps the previous range" if t.start < position else f"leaves columns {position}..{t.start - 1} unassigned"
             raise ZooFormatError(f"{path}, row {row} ({t.varname}): start_idx {t.start} {what}")
-        position = t.end
+        if t.end > num_columns:
+            raise ZooFormatError(f"{path}, row {row} ({t.varname}): end_idx {t.end} runs past the {num_columns} columns of the rows of {WEIGHTS_FILE}")
+        position, last = t.end, (row, t)
     if position != num_columns:
-        raise ZooFormatError(f"{path}: the ranges cover columns 0..{position - 1} but the rows of {WEIGHTS_FILE} have {num_columns} columns")
-    return tensors
+        row, t = last
+        raise ZooFormatError(
+            f"{path}, row {row} ({t.varname}): the last range ends at end_idx {t.end}, so the ranges cover columns 0..{position - 1} "
+            f"but the rows of {WEIGHTS_FILE} have {num_columns} columns"
+        )
 
 
 def write_layout(tensors: list[ZooTensor], path: Path) -> None:
@@ -458,8 +503,13 @@ class _Zoo:
     values: dict[str, np.ndarray]  # per row, our hyperparameters (activation, init, ...)
 
 
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python value it holds (so that messages print ``0``, not ``np.int64(0)``)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _row_label(table: pd.DataFrame, i: int) -> str:
-    return f"row {i + 1} (modeldir {table['modeldir'].iloc[i]!r}, step {table['step'].iloc[i]!r})"
+    return f"row {i + 1} (modeldir {_plain(table['modeldir'].iloc[i])!r}, step {_plain(table['step'].iloc[i])})"
 
 
 def _map_names(table: pd.DataFrame, column: str, known: dict[str, str], where: str, choices: list[str]) -> np.ndarray:
@@ -471,7 +521,7 @@ def _map_names(table: pd.DataFrame, column: str, known: dict[str, str], where: s
             cache[value] = known.get(_key(value)) if isinstance(value, str) else None
         mapped = cache[value]
         if mapped is None:
-            raise ZooFormatError(f"{where}, {_row_label(table, i)}: unknown {column} {value!r}; known: {', '.join(choices)}")
+            raise ZooFormatError(f"{where}, {_row_label(table, i)}: unknown {column} {_plain(value)!r}; known: {', '.join(choices)}")
         out[i] = mapped
     return out
 
@@ -482,8 +532,42 @@ def _numbers(table: pd.DataFrame, column: str, where: str, low: float, high: flo
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         span = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        raise ZooFormatError(f"{where}, {_row_label(table, i)}: {column} = {table[column].iloc[i]!r} is not a number in {span}")
+        raise ZooFormatError(f"{where}, {_row_label(table, i)}: {column} = {_plain(table[column].iloc[i])!r} is not a number in {span}")
     return values
+
+
+def _metric_values(table: pd.DataFrame, where: str) -> np.ndarray:
+    """``(rows, 4) float64``: the METRIC_COLUMNS of each row. A missing value (empty, NaN) or
+    an infinite loss is kept (a diverged network's); text that is not a number, or an accuracy
+    outside [0, 1], is an error naming the row and column."""
+    out = np.empty((len(table), len(METRIC_COLUMNS)), dtype=np.float64)
+    for j, column in enumerate(METRIC_COLUMNS):
+        raw = table[column]
+        values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
+        unreadable = np.isnan(values) & raw.notna().to_numpy()
+        if unreadable.any():
+            i = int(np.flatnonzero(unreadable)[0])
+            raise ZooFormatError(f"{where}, {_row_label(table, i)}: {column} = {_plain(raw.iloc[i])!r} is not a number")
+        if column.endswith("accuracy"):
+            outside = ~np.isnan(values) & ((values < 0) | (values > 1))
+            if outside.any():
+                i = int(np.flatnonzero(outside)[0])
+                raise ZooFormatError(f"{where}, {_row_label(table, i)}: {column} = {_plain(raw.iloc[i])} is not an accuracy in [0, 1] (a fraction, not a percentage)")
+        out[:, j] = values
+    return out
+
+
+def _check_row_counts(table: pd.DataFrame, num_weight_rows: int, where: str, weights_where: str) -> None:
+    """metrics.csv.gz (``table``) and weights.npy must have as many rows; an error names the
+    first row (counted from 1) of the longer file that has no partner in the shorter."""
+    if len(table) == num_weight_rows:
+        return
+    counts = f"{where} has {len(table)} rows but {weights_where} has {num_weight_rows}; they must match row for row (one per network and checkpoint)"
+    if len(table) > num_weight_rows:
+        unmatched = f"{where}, {_row_label(table, num_weight_rows)} has no row of weights"
+    else:
+        unmatched = f"{weights_where}, row {len(table) + 1} has no row of metrics"
+    raise ZooFormatError(f"{counts}: {unmatched}")
 
 
 def read_zoo(zoo_dir: str | os.PathLike, dataset: str | None = None) -> _Zoo:
@@ -518,8 +602,7 @@ def read_zoo(zoo_dir: str | os.PathLike, dataset: str | None = None) -> _Zoo:
     absent = [c for c in needed if c not in table.columns]
     if absent:
         raise ZooFormatError(f"{where}: missing column(s) {', '.join(absent)}")
-    if len(table) != weights.shape[0]:
-        raise ZooFormatError(f"{where} has {len(table)} rows but {wpath} has {weights.shape[0]}; they must match row for row (one per network and checkpoint)")
+    _check_row_counts(table, weights.shape[0], where, str(wpath))
     if len(table) == 0:
         raise ZooFormatError(f"{where}: no rows")
     table["modeldir"] = table["modeldir"].astype(str)
@@ -546,7 +629,7 @@ def read_zoo(zoo_dir: str | os.PathLike, dataset: str | None = None) -> _Zoo:
         if not same.all():
             i = int(np.flatnonzero(~same)[0])
             raise ZooFormatError(
-                f"{where}, {_row_label(table, i)}: {column} = {values[i]!r} differs from {reference[i]!r} in the network's row {first_row[codes[i]] + 1}"
+                f"{where}, {_row_label(table, i)}: {column} = {_plain(values[i])!r} differs from {_plain(reference[i])!r} in the network's row {first_row[codes[i]] + 1}"
             )
 
     values = {
@@ -575,12 +658,12 @@ def read_zoo(zoo_dir: str | os.PathLike, dataset: str | None = None) -> _Zoo:
             found = pd.to_numeric(table[column], errors="coerce").to_numpy()
             if not (found == expected).all():
                 i = int(np.flatnonzero(found != expected)[0])
-                raise ZooFormatError(f"{where}, {_row_label(table, i)}: {column} = {table[column].iloc[i]!r} but {paths[LAYOUT_FILE]} describes {expected}")
+                raise ZooFormatError(f"{where}, {_row_label(table, i)}: {column} = {_plain(table[column].iloc[i])!r} but {paths[LAYOUT_FILE]} describes {expected}")
 
     steps = sorted(set(step.tolist()))
     row_of = np.full((len(networks), len(steps)), -1, dtype=np.int64)
     row_of[codes, np.searchsorted(steps, step)] = np.arange(len(table))
-    metrics = table[list(METRIC_COLUMNS)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    metrics = _metric_values(table, where)
     return _Zoo(weights, tensors, arch, dataset, [str(m) for m in networks], [int(s) for s in steps], row_of, metrics, first_row, config, values)
 
 
