@@ -4,6 +4,8 @@ against dense numpy/scipy computations; bad input refused before any heavy work.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -25,6 +27,8 @@ from manyruns.analysis.interpolation import (
     kernel_matmul,
     kernel_matrix,
     memory_plan,
+    on_the_fly_warning,
+    packed_bytes,
     pixels,
     solve_cg,
     solve_exact,
@@ -203,7 +207,9 @@ def test_a_matrix_that_does_not_fit_is_refused_with_the_memory_it_needs():
     with pytest.raises(ValueError) as err:
         check_request(60_000, 10_000, 784, 10, 0.02, "exact", memory_limit=8 * 10**9)
     message = str(err.value)
-    assert "needs about 16.3 GB" in message and "alone takes 14.6 GB" in message and "8.0 GB is available" in message
+    assert "needs about 16.3 GB" in message and "8.0 GB is available" in message
+    assert "the float64 kernel matrix (one triangle, in block columns) 14.6 GB" in message
+    assert "use --subset N, --precision float32 or --solver cg" in message
     assert "\n" not in message
     plan = memory_plan(60_000, 10_000, 784, 10, "exact")
     triangle = 60_000 * 60_001 // 2 * 8
@@ -213,6 +219,58 @@ def test_a_matrix_that_does_not_fit_is_refused_with_the_memory_it_needs():
     # CG falls back to products computed on the fly when the matrix does not fit
     assert memory_plan(60_000, 10_000, 784, 10, "cg", available=8 * 10**9).matrix_mode == "on-the-fly"
     assert memory_plan(60_000, 10_000, 784, 10, "cg", available=64 * 10**9).matrix_mode == "packed"
+
+
+@pytest.mark.parametrize("matrix", ["auto", "on-the-fly"])
+def test_a_cg_refusal_names_what_it_holds_and_suggests_only_what_helps(matrix):
+    with pytest.raises(ValueError) as err:
+        check_request(60_000, 10_000, 784, 10, 0.02, "cg", matrix=matrix, memory_limit=2 * 10**9)
+    message = str(err.value)
+    assert "needs about 3.4 GB (no kernel matrix (recomputed at every product), preconditioner blocks 1.9 GB," in message
+    assert "pixels and targets 477.4 MB, a fixed 314.6 MB for the interpreter and its libraries) but 2.0 GB is available" in message
+    assert "0 bytes" not in message and "--matrix on-the-fly" not in message
+    assert message.endswith("use --subset N, a smaller --block-size or --preconditioner none")
+    with pytest.raises(ValueError) as err:
+        check_request(60_000, 10_000, 784, 10, 0.02, "cg", matrix=matrix, preconditioner="none", memory_limit=10**9)
+    assert "preconditioner" not in str(err.value) and str(err.value).endswith("is available; use --subset N")
+    with pytest.raises(ValueError) as err:
+        check_request(60_000, 10_000, 784, 10, 0.02, "cg", matrix="packed", memory_limit=8 * 10**9)
+    assert "the packed float64 kernel matrix 14.4 GB" in str(err.value) and "--matrix on-the-fly" in str(err.value)
+
+
+def test_the_estimate_for_a_small_problem_is_its_fixed_allowance_and_a_bound():
+    """The bundled digits: everything but the interpreter's fixed allowance is under 100 MB, and
+    the whole estimate is above what the process really uses (measured in its own process)."""
+    plan = memory_plan(1438, 359, 64, 10, "exact")
+    assert plan.total - plan.process < 100 * 10**6
+    out = subprocess.run(
+        [sys.executable, "-m", "manyruns.cli", "interpolate", "--dataset", "digits", "--json"], capture_output=True, text=True, check=True
+    )
+    result = json.loads(out.stdout)
+    assert result["memory_needed_bytes"] == plan.total
+    assert result["peak_memory_bytes"] <= plan.total
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"bandwidth": 0.0}, "--bandwidth must be a positive number, got 0.0"),
+        ({"subset": 0}, "--subset must be at least 1"),
+        ({"solver": "lu"}, "--solver must be one of exact, cg"),
+        ({"precision": "float16"}, "--precision must be one of"),
+        ({"matrix": "dense"}, "--matrix must be one of"),
+        ({"preconditioner": "ilu"}, "--preconditioner must be"),
+        ({"tol": 0.0}, "--tol must be positive"),
+        ({"max_iter": 0}, "--max-iter must be at least 1"),
+        ({"block_size": 0}, "--block-size must be at least 1"),
+        ({"memory_limit": -1}, "--memory-limit must be positive"),
+    ],
+)
+def test_options_are_checked_before_the_dataset_is_loaded(tmp_path, kwargs, message):
+    """No MNIST files under ``tmp_path``: the option is refused, not the missing data."""
+    options = {"bandwidth": 0.02, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        interpolate_dataset("mnist", data_dir=tmp_path, **options)
 
 
 @pytest.mark.parametrize(
@@ -256,3 +314,45 @@ def test_cli_interpolate_json_and_errors():
 
     out = runner.invoke(app, ["interpolate", "--dataset", "digits", "--kernel", "laplace"])
     assert out.exit_code == 1 and "only rbf" in out.stderr
+
+
+def test_cli_interpolate_checks_the_bandwidth_before_loading_the_data(tmp_path):
+    out = CliRunner().invoke(app, ["interpolate", "--dataset", "mnist", "--data-dir", str(tmp_path), "--bandwidth", "0"])
+    assert out.exit_code == 1 and out.stderr.strip() == "error: --bandwidth must be a positive number, got 0.0"
+
+
+def test_cli_cg_warns_on_stderr_when_the_matrix_does_not_fit():
+    """Between what CG needs with and without its matrix, ``auto`` recomputes the kernel at
+    every product: one warning line on stderr, the JSON on stdout names the mode."""
+    n = 300
+    without = memory_plan(n, 359, 64, 10, "cg", matrix="on-the-fly", available=1)
+    limit = without.total + packed_bytes(n) // 2
+    args = ["interpolate", "--dataset", "digits", "--subset", str(n), "--solver", "cg", "--bandwidth", "0.3", "--json"]
+    out = CliRunner().invoke(app, [*args, "--memory-limit", repr(limit / 1e9)])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["matrix_mode"] == "on-the-fly"
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1
+    line = lines[0]
+    assert line.startswith(f"warning: the packed float64 kernel matrix of 300 training examples ({packed_bytes(n) / 1e3:.1f} kB)")
+    assert "does not fit in the memory limit" in line and "every CG product recomputes kernel blocks" in line
+    flops = 300 * 300 * 64 + 2 * 300 * 300 * 10
+    assert f"up to 500 products x {flops:.1e} FLOPs = {500 * flops:.1e} FLOPs" in line
+    assert "use --subset N or run with more memory" in line
+    out = CliRunner().invoke(app, [*args, "--memory-limit", repr((without.total + packed_bytes(n)) / 1e9)])
+    assert out.exit_code == 0 and out.stderr == ""
+    assert json.loads(out.stdout)["matrix_mode"] == "packed"
+
+
+def test_interpolate_warns_before_solving_only_when_auto_falls_back(digits):
+    x, y, xt, yt = digits
+    x, y = x[:200], y[:200]
+    limit = memory_plan(200, len(xt), 64, 10, "cg", matrix="on-the-fly", available=1).total
+    without = memory_plan(200, len(xt), 64, 10, "cg", available=limit)
+    lines = []
+    result = interpolate(x, y, xt, yt, 0.3, "cg", classes=10, memory_limit=limit, warn=lines.append)
+    assert result.matrix_mode == "on-the-fly" and lines == [on_the_fly_warning(without, 200, 64, 10, 500)]
+    for matrix in ("on-the-fly", "packed"):
+        result = interpolate(x, y, xt, yt, 0.3, "cg", classes=10, matrix=matrix, warn=lines.append)
+        assert result.matrix_mode == matrix
+    assert len(lines) == 1

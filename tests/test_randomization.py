@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -18,8 +20,12 @@ from typer.testing import CliRunner
 import manyruns
 from manyruns.analysis.randomization import LevelSums, corruption_label, epochs_to_fit, fit_curves
 from manyruns.cli import app
+from manyruns.data import load_dataset
+from manyruns.plan import realize_inputs
 from manyruns.recipe import Recipe, RecipeError
+from manyruns.report.fit_curves import plot_fit_levels
 from manyruns.store import RunRecord
+from manyruns.training.data import prepare
 
 EXAMPLES = Path(manyruns.__file__).parent / "examples"
 
@@ -250,6 +256,26 @@ def test_input_randomization_levels_are_named_by_their_pixels(tmp_path):
     assert all(d["epochs_to_fit"] == 2 and d["epochs_to_fit_100"] is None for d in levels)
 
 
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk (after checking the signature)."""
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR"
+    return struct.unpack(">II", head[16:24])
+
+
+def test_levels_figure_marks_levels_that_never_fit(tmp_path):
+    pop = planned_store(tmp_path, "runs = 4\nlabel_noise = { p = [0.0, 1.0] }", epochs=3)
+    nan = float("nan")
+    write_run(pop, 0, [nan, 0.9, 1.0, 1.0], test_acc=0.9)
+    write_run(pop, 2, [nan, 0.95, 0.995, 1.0], test_acc=0.85)
+    write_run(pop, 1, [nan, 0.2, 0.4, 0.6], test_acc=0.1)
+    write_run(pop, 3, [nan, 0.2, 0.5, 0.995], test_acc=0.12)
+    path = plot_fit_levels(fit_curves(pop), tmp_path / "figures" / "levels.png")
+    assert path == tmp_path / "figures" / "levels.png"
+    width, height = png_size(path)
+    assert 800 <= width <= 2000 and 300 <= height <= 1200 and path.stat().st_size > 10_000
+
+
 def test_corruption_labels():
     assert corruption_label(0.6) == "labels:0.6"
     assert corruption_label(1) == "labels:1.0"
@@ -262,6 +288,85 @@ def test_a_store_without_runs_or_metrics_is_refused(tmp_path):
     pop = planned_store(tmp_path, "runs = 2\nlabel_noise = 0.5")
     with pytest.raises(ValueError, match="no runs to summarize"):
         fit_curves(pop)
+
+
+# ----------------------------------------------------------------------------- gaussian inputs
+
+
+GAUSSIAN = """
+name = "gaussian-tiny"
+[data]
+dataset = "digits"
+normalize = "{normalize}"
+[model]
+kind = "mlp"
+widths = [48]
+[optimizer]
+name = "sgd"
+lr = 0.05
+momentum = 0.9
+[training]
+epochs = 4
+batch_size = 32
+[population]
+runs = 2
+seed = 3
+subset = 1.0
+inputs = ["none", "gaussian"]
+[record]
+logits = []
+metrics = true
+train_metrics = "eval"
+"""
+
+
+def test_gaussian_inputs_have_the_training_sets_channel_mean_and_std():
+    """On digits: real-valued draws whose per-channel mean and std are the training images'
+    within sampling error (5 standard errors), in train and test images alike."""
+    digits = load_dataset("digits")
+    recipe = Recipe.from_toml(GAUSSIAN.format(normalize="standard"))
+    mean, std = digits.channel_stats()
+    for images in realize_inputs(recipe, "gaussian", digits):
+        assert images.dtype == np.float32 and images.shape[1:] == digits.x_train.shape[1:]
+        values = images.transpose(1, 0, 2, 3).reshape(images.shape[1], -1).astype(np.float64)
+        m = values.shape[1]
+        np.testing.assert_array_less(np.abs(values.mean(axis=1) - mean), 5 * std / np.sqrt(m))
+        np.testing.assert_array_less(np.abs(values.std(axis=1) - std), 5 * std / np.sqrt(2 * m))
+        assert values.min() < 0 and values.max() > 255  # not clipped to the pixel range
+
+
+@pytest.mark.parametrize("normalize", ["unit", "symmetric", "standard"])
+def test_gaussian_inputs_through_each_normalization(normalize):
+    """'unit' and 'symmetric' rescale the draws like pixels (unclipped); 'standard' uses the
+    statistics of the drawn training images: mean 0 and std 1 per channel."""
+    digits = load_dataset("digits")
+    recipe = Recipe.from_toml(GAUSSIAN.format(normalize=normalize))
+    mean, std = digits.channel_stats()
+    x = prepare(digits, recipe, "gaussian", torch.device("cpu")).x_train.double()
+    got_mean, got_std = x.mean().item(), x.std().item()
+    if normalize == "standard":
+        assert got_mean == pytest.approx(0, abs=1e-4) and got_std == pytest.approx(1, abs=1e-4)
+    else:
+        factor, shift = (255.0, 0.0) if normalize == "unit" else (127.5, 1.0)
+        n = x.numel()
+        assert abs(got_mean - (mean[0] / factor - shift)) < 5 * std[0] / factor / np.sqrt(n)
+        assert got_std == pytest.approx(std[0] / factor, rel=0.02)
+        assert x.min().item() < -shift
+
+
+def test_a_recipe_with_gaussian_inputs_trains_end_to_end(tmp_path):
+    (tmp_path / "recipe.toml").write_text(GAUSSIAN.format(normalize="standard"))
+    manyruns.plan(tmp_path / "recipe.toml", tmp_path / "store")
+    manyruns.train(tmp_path / "store", executor="serial", progress=False)
+    pop = manyruns.open(tmp_path / "store")
+    assert list(pop.runs["status"]) == ["ok", "ok"]
+    levels = {level.corruption: level.to_dict() for level in fit_curves(pop)}
+    assert list(levels) == ["none", "pixels:gaussian"]
+    gaussian = levels["pixels:gaussian"]
+    curve = gaussian["curves"]["train_accuracy_mean"]
+    assert all(v is not None and math.isfinite(v) for v in curve[1:])
+    assert curve[-1] > max(0.25, curve[1])  # 1,438 random images: memorization under way after 4 epochs
+    assert gaussian["test_accuracy"] < 0.25  # nothing to learn about the test set
 
 
 # ------------------------------------------------------------------------------------ CLI
@@ -278,6 +383,8 @@ def test_cli_fit_curves_json_table_plot_and_store(trained, tmp_path):
             assert key in d
         assert 0 <= d["train_accuracy"] <= 1 and 0 <= d["test_accuracy"] <= 1
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = png_size(tmp_path / "curves-levels.png")
+    assert 800 <= width <= 2000 and 300 <= height <= 1200 and (tmp_path / "curves-levels.png").stat().st_size > 10_000
     saved = manyruns.open(trained.path).store.group["analysis/fit_curves"]
     assert [d["corruption"] for d in saved.attrs["levels"]] == ["labels:0.0", "labels:1.0"]
     assert saved["curve_mean"].shape == (2, 6, 4)
@@ -285,6 +392,7 @@ def test_cli_fit_curves_json_table_plot_and_store(trained, tmp_path):
     out = runner.invoke(app, ["fit-curves", str(trained.path)])
     assert out.exit_code == 0, out.output
     assert "epochs to 99%" in out.stdout and "labels:1.0" in out.stdout and "reports/fit-curves.png" in out.stdout
+    assert "reports/fit-curves-levels.png" in out.stdout and (trained.path / "reports" / "fit-curves-levels.png").is_file()
 
     out = runner.invoke(app, ["fit-curves", str(tmp_path / "missing")])
     assert out.exit_code == 1 and out.stderr.startswith("error: no population store")

@@ -8,14 +8,15 @@ Two solvers, both sized so that the full MNIST problem (60,000 training images) 
 24 GB:
 
 * ``exact``: a Cholesky factorization of ``K(X, X)`` that keeps one triangle, in block columns
-  (:class:`BlockCholesky`): about ``N (N + 1024) / 2`` numbers, 14.7 GB in float64 for
+  (:class:`BlockCholesky`): about ``N (N + 1024) / 2`` numbers, 14.6 GB in float64 for
   N = 60,000, where the full float64 matrix would take 28.8 GB. Float64 is the default
   because the MNIST kernel matrix is expected to be too ill-conditioned for a float32
   factorization at that size (its estimated condition number grows from about 2e5 at
   N = 2,000 to 2e7 at N = 15,000).
 * ``cg``: preconditioned conjugate gradients in float64 on the C right-hand sides at once,
   with the kernel matrix kept in packed form (one triangle) when it fits in memory and with kernel blocks recomputed at
-  every product otherwise (for sets whose matrix does not fit). The preconditioner solves
+  every product otherwise (for sets whose matrix does not fit; :func:`interpolate` then warns,
+  before any kernel is computed, with what that costs). The preconditioner solves
   exactly on blocks of nearby training points (k-means clusters). It stops at a relative
   residual of ``tol`` or after ``max_iter`` products. Its products are float64: a float32
   kernel matrix of MNIST images has errors of up to about 2e-6 per entry, which at N = 60,000
@@ -34,6 +35,7 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -306,7 +308,15 @@ def available_memory() -> int:
 
 
 def peak_memory() -> int:
-    """Peak resident memory of this process so far, in bytes."""
+    """Peak resident memory of this process so far, in bytes (``VmHWM``; where the kernel does
+    not say, ``ru_maxrss``, which Linux carries over from the parent across ``exec``)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
@@ -323,16 +333,31 @@ class MemoryPlan:
     """What a solve will hold in memory, in bytes, and where the CG products come from."""
 
     matrix: int
-    """The packed kernel matrix (``exact``; ``cg`` when it is kept)."""
+    """The kernel matrix: one triangle in block columns (``exact``) or packed (``cg`` when kept);
+    0 when CG recomputes it at every product."""
     preconditioner: int
-    working: int
-    """Pixels, targets, solutions and the temporary kernel blocks."""
+    """The inverses of the preconditioner blocks (``cg``)."""
+    data: int
+    """Pixels (train and test, float64), targets, solutions and CG's vectors."""
+    blocks: int
+    """Temporary kernel blocks, plus the update of one block column (``exact``) or the forming of
+    one preconditioner block's inverse (``cg``)."""
     matrix_mode: str
-    """packed (the matrix is kept) or on-the-fly (recomputed block by block at every product)."""
+    """block-columns (``exact``), packed (the matrix is kept) or on-the-fly (recomputed block by
+    block at every product)."""
+    available: int
+    """The memory limit the plan was made for."""
+    process: int = PROCESS_BYTES
+    """The fixed allowance for the interpreter and its libraries."""
 
     @property
     def total(self) -> int:
-        return self.matrix + self.preconditioner + self.working
+        return self.matrix + self.preconditioner + self.data + self.blocks + self.process
+
+
+def packed_bytes(n: int) -> int:
+    """Bytes of one float64 triangle of an ``n x n`` matrix, ``n (n + 1) / 2`` numbers."""
+    return n * (n + 1) // 2 * 8
 
 
 def memory_plan(
@@ -349,22 +374,60 @@ def memory_plan(
 ) -> MemoryPlan:
     """Bytes a solve needs. For ``cg`` with ``matrix = 'auto'``: the packed float64 matrix is
     kept when everything fits in ``available`` (default: what the machine has now), and
-    recomputed at every product otherwise."""
-    working = PROCESS_BYTES + (n_train + n_test) * dim * 8 + 8 * n_train * classes * 8 + 3 * BLOCK_BYTES
+    recomputed at every product otherwise. Temporary kernel blocks take at most
+    :data:`BLOCK_BYTES` each, less when the whole ``n_train x max(n_train, n_test)`` product is smaller."""
+    room = available_memory() if available is None else int(available)
+    data = (n_train + n_test) * dim * 8 + 8 * n_train * classes * 8
+    blocks = 3 * min(BLOCK_BYTES, 8 * n_train * max(n_train, n_test))
     if solver == "exact":
         itemsize = np.dtype(precision).itemsize
-        update = n_train * EXACT_BLOCK * itemsize  # the product subtracted from one block column
-        return MemoryPlan(BlockCholesky.storage(n_train, EXACT_BLOCK, itemsize), 0, working + update, "block-columns")
+        update = n_train * min(EXACT_BLOCK, n_train) * itemsize  # the product subtracted from one block column
+        return MemoryPlan(BlockCholesky.storage(n_train, EXACT_BLOCK, itemsize), 0, data, blocks + update, "block-columns", room)
     precond = 0
     if preconditioner == "block-jacobi":
         size = min(block_size, n_train)
         precond = math.ceil(n_train / size) * size * size * 8
-        working += 2 * size * size * 8  # forming one block's inverse
-    packed = n_train * (n_train + 1) // 2 * 8
+        blocks += 2 * size * size * 8  # forming one block's inverse
+    packed = packed_bytes(n_train)
     if matrix == "auto":
-        room = available_memory() if available is None else available
-        matrix = "packed" if packed + precond + working <= room else "on-the-fly"
-    return MemoryPlan(packed if matrix == "packed" else 0, precond, working, matrix)
+        matrix = "packed" if packed + precond + data + blocks + PROCESS_BYTES <= room else "on-the-fly"
+    return MemoryPlan(packed if matrix == "packed" else 0, precond, data, blocks, matrix, room)
+
+
+def describe_plan(plan: MemoryPlan, precision: str = "float64") -> str:
+    """The parts of ``plan.total``, named, on one line."""
+    if plan.matrix_mode == "block-columns":
+        parts = [f"the {precision} kernel matrix (one triangle, in block columns) {format_bytes(plan.matrix)}"]
+    elif plan.matrix_mode == "packed":
+        parts = [f"the packed float64 kernel matrix {format_bytes(plan.matrix)}"]
+    else:
+        parts = ["no kernel matrix (recomputed at every product)"]
+    if plan.preconditioner:
+        parts.append(f"preconditioner blocks {format_bytes(plan.preconditioner)}")
+    parts.append(f"temporary blocks {format_bytes(plan.blocks)}")
+    parts.append(f"pixels and targets {format_bytes(plan.data)}")
+    parts.append(f"a fixed {format_bytes(plan.process)} for the interpreter and its libraries")
+    return ", ".join(parts)
+
+
+def kernel_flops(n: int, dim: int) -> int:
+    """Floating-point operations to build the ``n x n`` kernel matrix of ``dim``-pixel points:
+    ``n^2 / 2`` distances (one triangle) at ``2 dim`` each."""
+    return n * n * dim
+
+
+def on_the_fly_warning(plan: MemoryPlan, n_train: int, dim: int, classes: int, max_iter: int) -> str:
+    """One line for a CG solve whose matrix does not fit: every product recomputes the kernel
+    blocks (the work of building the matrix, ``n^2 dim``, plus ``2 n^2 classes`` for the product)."""
+    build = kernel_flops(n_train, dim)
+    product = build + 2 * n_train * n_train * classes
+    return (
+        f"warning: the packed float64 kernel matrix of {n_train:,} training examples ({format_bytes(packed_bytes(n_train))}) "
+        f"does not fit in the memory limit ({format_bytes(plan.available)}) beside the {format_bytes(plan.total)} the rest "
+        f"of the solve holds, so every CG product recomputes kernel blocks, each about as costly as building the matrix "
+        f"({build:.1e} FLOPs): up to {max_iter:,} products x {product:.1e} FLOPs = {max_iter * product:.1e} FLOPs; "
+        "to keep the matrix, use --subset N or run with more memory"
+    )
 
 
 # ---------------------------------------------------------------------------------- solvers
@@ -391,7 +454,7 @@ class BlockCholesky:
     Block column ``j`` holds rows ``s_j ..`` of columns ``s_j .. s_j + w_j`` (``s_j = j * block``):
     an ``(N - s_j, w_j)`` array whose top ``(w_j, w_j)`` square is the diagonal block. Together
     they hold one triangle plus half a block per column, about ``N (N + block) / 2`` numbers:
-    14.7 GB in float64 for N = 60,000 where the full matrix would take 28.8 GB. The matrix is
+    14.6 GB in float64 for N = 60,000 where the full matrix would take 28.8 GB. The matrix is
     computed straight into this layout and factored in place, right-looking: each block
     column is factored (a small Cholesky and a triangular solve), then subtracted from the
     columns to its right with one matrix product per block column.
@@ -658,6 +721,52 @@ class InterpolationResult:
         return out
 
 
+def check_options(
+    bandwidth: float,
+    solver: str,
+    precision: str = "float64",
+    matrix: str = "auto",
+    tol: float = 1e-4,
+    max_iter: int = 500,
+    preconditioner: str = "block-jacobi",
+    block_size: int = 4000,
+    memory_limit: int | None = None,
+    subset: int | None = None,
+) -> None:
+    """Refuse bad options that need no data (ValueError naming the option)."""
+    if isinstance(bandwidth, bool) or not isinstance(bandwidth, (int, float)) or not math.isfinite(bandwidth) or bandwidth <= 0:
+        raise ValueError(f"--bandwidth must be a positive number, got {bandwidth!r}")
+    if solver not in SOLVERS:
+        raise ValueError(f"--solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if matrix not in MATRIX_MODES:
+        raise ValueError(f"--matrix must be one of {', '.join(MATRIX_MODES)}, got {matrix!r}")
+    if preconditioner not in ("block-jacobi", "none"):
+        raise ValueError(f"--preconditioner must be block-jacobi or none, got {preconditioner!r}")
+    if not tol > 0:
+        raise ValueError(f"--tol must be positive, got {tol!r}")
+    if max_iter < 1:
+        raise ValueError(f"--max-iter must be at least 1, got {max_iter!r}")
+    if block_size < 1:
+        raise ValueError(f"--block-size must be at least 1, got {block_size!r}")
+    if memory_limit is not None and not memory_limit > 0:
+        raise ValueError(f"--memory-limit must be positive, got {memory_limit!r} bytes")
+    if subset is not None and subset < 1:
+        raise ValueError(f"--subset must be at least 1, got {subset}")
+
+
+def _refusal_hint(plan: MemoryPlan, solver: str, precision: str) -> str:
+    if solver == "exact":
+        return "use --subset N" + (", --precision float32" if precision == "float64" else "") + " or --solver cg"
+    options = ["--subset N"]
+    if plan.matrix_mode == "packed":
+        options.append("--matrix on-the-fly (every product then recomputes the kernel)")
+    if plan.preconditioner:
+        options += ["a smaller --block-size", "--preconditioner none"]
+    return "use " + (", ".join(options[:-1]) + " or " + options[-1] if len(options) > 1 else options[0])
+
+
 def check_request(
     n_train: int,
     n_test: int,
@@ -675,38 +784,20 @@ def check_request(
 ) -> MemoryPlan:
     """Refuse bad input before any heavy work (ValueError naming the option); returns what the
     solve will hold in memory. ``memory_limit``: bytes allowed (default: available now)."""
-    if isinstance(bandwidth, bool) or not isinstance(bandwidth, (int, float)) or not math.isfinite(bandwidth) or bandwidth <= 0:
-        raise ValueError(f"--bandwidth must be a positive number, got {bandwidth!r}")
-    if solver not in SOLVERS:
-        raise ValueError(f"--solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if matrix not in MATRIX_MODES:
-        raise ValueError(f"--matrix must be one of {', '.join(MATRIX_MODES)}, got {matrix!r}")
-    if preconditioner not in ("block-jacobi", "none"):
-        raise ValueError(f"--preconditioner must be block-jacobi or none, got {preconditioner!r}")
-    if not tol > 0:
-        raise ValueError(f"--tol must be positive, got {tol!r}")
-    if max_iter < 1:
-        raise ValueError(f"--max-iter must be at least 1, got {max_iter!r}")
-    if block_size < 1:
-        raise ValueError(f"--block-size must be at least 1, got {block_size!r}")
+    check_options(bandwidth, solver, precision, matrix, tol, max_iter, preconditioner, block_size, memory_limit)
     if n_train < 1:
         raise ValueError("there must be at least one training example")
-    room = available_memory() if memory_limit is None else int(memory_limit)
-    plan = memory_plan(n_train, n_test, dim, classes, solver, precision, matrix, block_size, room, preconditioner)
-    if plan.total > room:
-        if solver == "exact":
-            what = f"the {precision} kernel matrix (one triangle) alone takes {format_bytes(plan.matrix)}"
-            hint = "use --subset N" + (", --precision float32" if precision == "float64" else "") + " or --solver cg"
-        else:
-            what = f"packed matrix {format_bytes(plan.matrix)}, preconditioner blocks {format_bytes(plan.preconditioner)}"
-            hint = "use --subset N, --matrix on-the-fly or a smaller --block-size"
+    plan = memory_plan(n_train, n_test, dim, classes, solver, precision, matrix, block_size, memory_limit, preconditioner)
+    if plan.total > plan.available:
         raise ValueError(
             f"the {solver} solve on {n_train:,} training examples needs about {format_bytes(plan.total)} "
-            f"({what}) but {format_bytes(room)} is available; {hint}"
+            f"({describe_plan(plan, precision)}) but {format_bytes(plan.available)} is available; {_refusal_hint(plan, solver, precision)}"
         )
     return plan
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def interpolate(
@@ -725,18 +816,23 @@ def interpolate(
     matrix: str = "auto",
     memory_limit: int | None = None,
     dataset: str = "",
+    warn: Callable[[str], None] = _to_stderr,
 ) -> InterpolationResult:
     """Min-norm RBF interpolation of one-hot ``y_train``, and its errors.
 
     ``x_train (N, D)``, ``x_test (T, D)``: pixels in [0, 1] (see :func:`pixels`); ``y_train (N,)``,
     ``y_test (T,)``: class indices. Options as in :func:`check_request`, :func:`solve_exact`
-    and :func:`solve_cg`.
+    and :func:`solve_cg`. ``warn`` gets one line, before any kernel is computed, when ``cg``
+    with ``matrix = 'auto'`` has to recompute the kernel at every product (see
+    :func:`on_the_fly_warning`); by default it goes to stderr.
     """
     t_start = time.perf_counter()
     n, dim = x_train.shape
     if classes is None:
         classes = int(max(np.max(y_train), np.max(y_test) if len(y_test) else 0)) + 1
     plan = check_request(n, len(x_test), dim, classes, bandwidth, solver, precision, matrix, tol, max_iter, preconditioner, block_size, memory_limit)
+    if solver == "cg" and matrix == "auto" and plan.matrix_mode == "on-the-fly":
+        warn(on_the_fly_warning(plan, n, dim, classes, max_iter))
     x_train = np.ascontiguousarray(x_train, dtype=np.float64)
     y_train = np.asarray(y_train, dtype=np.int64)
     targets = np.eye(classes)[y_train]
@@ -780,17 +876,17 @@ def interpolate_dataset(
     **options,
 ) -> InterpolationResult:
     """:func:`interpolate` on a named dataset (``digits``, ``mnist``, ...): the first ``subset``
-    training images (default: all) and every test image. Bad input is refused before the
-    pixels are converted or any kernel computed."""
+    training images (default: all) and every test image. Options that need no data are
+    checked before the dataset is loaded, the rest before the pixels are converted or any
+    kernel computed."""
     from ..data import load_dataset
 
-    if subset is not None and subset < 1:
-        raise ValueError(f"--subset must be at least 1, got {subset}")
+    checked = {k: options[k] for k in ("precision", "matrix", "tol", "max_iter", "preconditioner", "block_size", "memory_limit") if k in options}
+    check_options(bandwidth, solver, subset=subset, **checked)
     data = load_dataset(name, data_dir)
     if subset is not None and subset > data.n_train:
         raise ValueError(f"--subset {subset:,} exceeds the {data.n_train:,} training examples of {name}")
     n = data.n_train if subset is None else subset
-    checked = {k: options[k] for k in ("precision", "matrix", "tol", "max_iter", "preconditioner", "block_size", "memory_limit") if k in options}
     check_request(n, data.n_test, int(np.prod(data.input_shape)), data.num_classes, bandwidth, solver, **checked)
     return interpolate(
         pixels(data.x_train[:n]),

@@ -15,7 +15,7 @@ from . import app, handle_errors, print_json
 def fit_curves_command(
     store: Path = typer.Argument(..., help="Population store of a randomization test (label noise or input randomization across runs)."),
     runs: str = typer.Option("ok", help="ok (committed, not diverged) or committed."),
-    plot: Optional[Path] = typer.Option(None, help="PNG of the curves (default: STORE/reports/fit-curves.png)."),
+    plot: Optional[Path] = typer.Option(None, help="PNG of the curves (default: STORE/reports/fit-curves.png); the errors and epochs to fit per level go next to it, as <stem>-levels.png."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per corruption level."),
 ):
     """Per corruption level: train/test curves, final accuracies and epochs to fit.
@@ -23,7 +23,7 @@ def fit_curves_command(
     Epochs to fit: the first epoch with 99% (and 100%) train accuracy on the labels the runs saw."""
     from ..analysis.randomization import fit_curves, save_fit_curves
     from ..population import open as open_population
-    from ..report.fit_curves import fit_table, plot_fit_curves
+    from ..report.fit_curves import fit_table, levels_plot_path, plot_fit_curves, plot_fit_levels
 
     if runs not in ("ok", "committed"):
         raise ValueError(f"--runs must be ok or committed, got {runs!r}")
@@ -31,6 +31,7 @@ def fit_curves_command(
     levels = fit_curves(pop, runs)
     save_fit_curves(pop, levels, {"runs": runs})
     figure = plot_fit_curves(levels, plot or store / "reports" / "fit-curves.png", f"{pop.recipe.name}: fit curves (mean +- std over runs)")
+    by_level = plot_fit_levels(levels, levels_plot_path(figure), f"{pop.recipe.name}: per corruption level (mean +- std over runs)")
     if as_json:
         print_json([level.to_dict() for level in levels])
         return
@@ -40,6 +41,7 @@ def fit_curves_command(
     if recipe.record.train_metrics == "running":
         typer.echo('note: train accuracy is the running average over each epoch\'s batches; [record] train_metrics = "eval" measures it after the epoch')
     typer.echo(f"plot: {figure}")
+    typer.echo(f"plot by level: {by_level}")
 
 
 @app.command()
@@ -56,7 +58,7 @@ def interpolate(
     max_iter: int = typer.Option(500, "--max-iter", help="cg: at most this many iterations."),
     preconditioner: str = typer.Option("block-jacobi", help="cg: block-jacobi (exact solves on k-means blocks) or none."),
     block_size: int = typer.Option(4000, "--block-size", help="cg: points per preconditioner block."),
-    matrix: str = typer.Option("auto", help="cg: packed (keep the matrix), on-the-fly (recompute per product) or auto."),
+    matrix: str = typer.Option("auto", help="cg: packed (keep the matrix), on-the-fly (recompute per product) or auto (packed when it fits; otherwise on-the-fly, with a warning)."),
     memory_limit: Optional[float] = typer.Option(None, "--memory-limit", help="Memory budget in GB (default: what is available now)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON object."),
 ):
@@ -80,6 +82,7 @@ def interpolate(
         block_size=block_size,
         matrix=matrix,
         memory_limit=None if memory_limit is None else int(memory_limit * 1e9),
+        warn=lambda line: typer.echo(line, err=True),
     )
     if as_json:
         print_json(result.to_dict())

@@ -47,9 +47,11 @@ def randomize_inputs(x: np.ndarray, kind: str, rng: np.random.Generator, stats: 
     shuffled-pixels: one permutation of the H*W pixel positions applied to every image;
     permuted-pixels: an independent permutation per image;
     random-pixels: independent uniform values over the pixel range;
-    gaussian: independent normal values with the per-channel ``stats = (mean, std)``
-    (each ``(C,)``, in the units of ``x``), clipped to the pixel range for uint8 inputs.
-    The same pixel permutation is applied to all channels of an image.
+    gaussian: independent normal values with the per-channel ``stats = (mean, std)`` (each
+    ``(C,)``, in the units of ``x``), real-valued: float32, neither rounded nor clipped to the
+    pixel range, so their mean and standard deviation are the requested ones.
+    The same pixel permutation is applied to all channels of an image. Every kind but
+    gaussian keeps the dtype of ``x``.
     """
     if kind == "none":
         return x
@@ -69,11 +71,10 @@ def randomize_inputs(x: np.ndarray, kind: str, rng: np.random.Generator, stats: 
     elif kind == "gaussian":
         if stats is None:
             raise ValueError("gaussian inputs need the dataset's (mean, std) per channel")
-        mean, std = (np.asarray(s, dtype=np.float64)[None, :, None] for s in stats)
-        values = rng.standard_normal(flat.shape) * std + mean
-        if x.dtype == np.uint8:
-            values = np.clip(np.rint(values), 0, 255)
-        out = values.astype(x.dtype)
+        mean, std = (np.asarray(s, dtype=np.float32)[None, :, None] for s in stats)
+        out = rng.standard_normal(flat.shape, dtype=np.float32)
+        out *= std
+        out += mean
     else:
         raise ValueError(f"unknown input randomization {kind!r}")
     return np.ascontiguousarray(out.reshape(n, c, h, w))

@@ -1,4 +1,5 @@
-"""Randomization-test figures and tables: fit curves per corruption level."""
+"""Randomization-test figures and tables: fit curves per corruption level, and the final errors
+and epochs to fit against the level."""
 
 from __future__ import annotations
 
@@ -45,6 +46,81 @@ def plot_fit_curves(levels: list[FitCurves], path: str | Path, title: str = "") 
         ax.set_xlabel("epoch")
     axes[0, 0].legend(fontsize=8, title="corruption (runs)", title_fontsize=8)
     fig.suptitle(title or "fit curves: mean over runs, band = 1 std")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def levels_plot_path(curves_path: str | Path) -> Path:
+    """Where the per-level figure goes: next to the curves, ``<stem>-levels.png``."""
+    curves_path = Path(curves_path)
+    return curves_path.with_name(f"{curves_path.stem}-levels.png")
+
+
+def level_positions(levels: list[FitCurves]) -> tuple[np.ndarray, list[str], str]:
+    """x positions ``(L,)``, tick labels and axis label: the label-noise p when it tells the
+    levels apart, else one slot per level named by its corruption."""
+    noise = [level.label_noise for level in levels]
+    if None not in noise and len(set(noise)) == len(levels):
+        return np.asarray(noise, dtype=np.float64), [f"{p:g}" for p in noise], "label noise p"
+    return np.arange(len(levels), dtype=np.float64), [level.corruption for level in levels], "corruption"
+
+
+def _column(rows: list[dict], key: str, scale: float = 1.0, offset: float | None = None) -> np.ndarray:
+    """``(L,)`` float64 of ``rows[i][key]`` (NaN for None), as ``scale * value`` or ``scale * (offset - value)``."""
+    values = np.array([np.nan if d[key] is None else d[key] for d in rows], dtype=np.float64)
+    return scale * (values if offset is None else offset - values)
+
+
+def _error_panel(ax, x: np.ndarray, rows: list[dict]) -> None:
+    """Final train and test error (%) against the level, bars of one std over runs."""
+    for name, key, color in (("train error (labels seen)", "train_accuracy", "tab:blue"), ("test error", "test_accuracy", "tab:red")):
+        mean, std = _column(rows, key, 100.0, 1.0), _column(rows, f"{key}_std", 100.0)
+        ax.errorbar(x, mean, yerr=np.nan_to_num(std), color=color, marker="o", capsize=3, label=name)
+    ax.set_ylabel("final error (%)")
+
+
+def _fit_panel(ax, x: np.ndarray, rows: list[dict], epochs: int) -> None:
+    """Epochs to 99% and 100% train accuracy against the level, bars of one std over runs; a
+    level where not every run fitted is a hollow marker at ``epochs``, annotated 'k/R runs'
+    (above it for 99%, below for 100%)."""
+    series = (("99%", "epochs_to_fit", "runs_fit", "tab:green", 7), ("100%", "epochs_to_fit_100", "runs_fit_100", "tab:purple", -13))
+    for threshold, key, runs_key, color, text_offset in series:
+        mean, std = _column(rows, key), _column(rows, f"{key}_std")
+        ax.errorbar(x, mean, yerr=np.nan_to_num(std), color=color, marker="o", capsize=3, label=f"to {threshold} train accuracy")
+        missed = np.flatnonzero(np.isnan(mean))
+        if missed.size:
+            ax.scatter(x[missed], np.full(missed.size, epochs), marker="o", facecolors="none", edgecolors=color, s=60, label=f"not every run reached {threshold} in {epochs} epochs")
+            for i in missed:
+                ax.annotate(f"{rows[i][runs_key]}/{rows[i]['runs']} runs", (x[i], epochs), textcoords="offset points", xytext=(0, text_offset), ha="center", fontsize=7, color=color)
+    ax.set_ylim(0, 1.15 * epochs + 1)
+    ax.set_ylabel("epochs to fit")
+
+
+def plot_fit_levels(levels: list[FitCurves], path: str | Path, title: str = "") -> Path:
+    """Against corruption level (the published Fig. 1b/1c), two panels: final train and test
+    error, and epochs to fit (99% and 100% train accuracy); means over each level's runs with
+    bars of one standard deviation, levels that never fit marked at the last epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    x, ticks, xlabel = level_positions(levels)
+    rows = [level.to_dict(curves=False) for level in levels]
+    fig, (err_ax, fit_ax) = plt.subplots(1, 2, figsize=(11, 4.5))
+    _error_panel(err_ax, x, rows)
+    _fit_panel(fit_ax, x, rows, max(level.sums.epochs for level in levels))
+    numeric = xlabel == "label noise p"
+    for ax in (err_ax, fit_ax):
+        ax.set_xticks(x, ticks, rotation=0 if numeric else 30, ha="center" if numeric else "right")
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title or "per corruption level: mean over runs, bars = 1 std")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -40,8 +40,9 @@ class DeviceData:
 
 
 def scale(x: np.ndarray, normalize: str, stats: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
-    """uint8 ``(N, C, H, W)`` to float32: unit [0, 1], symmetric [-1, 1], or standard
-    (per-channel ``(x - mean) / std`` with ``stats`` in [0, 255] units)."""
+    """``(N, C, H, W)`` pixels in [0, 255] units (uint8, or float32 for gaussian inputs) to
+    float32: unit ``x / 255`` ([0, 1] for uint8), symmetric ``x / 127.5 - 1`` ([-1, 1] for uint8),
+    or standard (per-channel ``(x - mean) / std`` with ``stats`` in [0, 255] units)."""
     x = x.astype(np.float32)
     if normalize == "unit":
         return x / np.float32(255.0)
@@ -54,7 +55,9 @@ def scale(x: np.ndarray, normalize: str, stats: tuple[np.ndarray, np.ndarray] | 
 
 
 def prepare(dataset: Dataset, recipe: Recipe, inputs: str, device: torch.device) -> DeviceData:
-    """Randomize (per ``inputs``), scale and move a dataset to ``device``."""
+    """Randomize (per ``inputs``), scale and move a dataset to ``device``. 'standard' uses the
+    per-channel mean and std of the training images after randomization (for gaussian inputs,
+    those of the drawn values), so the network sees mean 0 and std 1 whatever the randomization."""
     x_train, x_test = realize_inputs(recipe, inputs, dataset)
     stats = None
     if recipe.data.normalize == "standard":
