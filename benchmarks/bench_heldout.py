@@ -167,20 +167,34 @@ def read_bandwidth(gb: float = 1.0) -> float:
 # ----------------------------------------------------------------------------- workers
 
 
+class ReplaySource:
+    """``source`` with its blocks generated once, up front, and replayed from memory, so that
+    timing the estimator leaves out generating them (masks and values: 2 bytes per run and
+    training example, 0.24 GB at 2,000 x 60,000)."""
+
+    def __init__(self, source: SyntheticSource, block_size: int, train: bool, test: bool):
+        self._source = source
+        self._key = (block_size, train, test)
+        self._blocks = list(source.blocks(block_size, train=train, test=test))
+
+    def __getattr__(self, name):
+        return getattr(self._source, name)
+
+    def blocks(self, block_size: int = 128, train: bool = True, test: bool = False, runs=None):
+        if (block_size, train, test) != self._key or runs is not None:
+            raise ValueError(f"this replay holds blocks of {self._key}, not {(block_size, train, test)}")
+        yield from self._blocks
+
+
 def work_memorization(args) -> dict:
     source = SyntheticSource(args.runs, args.train, args.test, args.planted)
-    read = _generation_seconds(source, args.block_size, train=True, test=False)
     t0 = time.perf_counter()
-    result = memorization_from_source(source, args.block_size)
-    total = time.perf_counter() - t0
-    return {"seconds_total": total, "seconds_read": read, "seconds": total - read, "peak_rss_gb": peak_rss_gb(), "mean_mem": float(np.nanmean(result.estimate))}
-
-
-def _generation_seconds(source, block_size, train, test) -> float:
+    replay = ReplaySource(source, args.block_size, train=True, test=False)
+    read = time.perf_counter() - t0
     t0 = time.perf_counter()
-    for _ in source.blocks(block_size, train=train, test=test):
-        pass
-    return time.perf_counter() - t0
+    result = memorization_from_source(replay, args.block_size)
+    seconds = time.perf_counter() - t0
+    return {"seconds_total": seconds + read, "seconds_read": read, "seconds": seconds, "peak_rss_gb": peak_rss_gb(), "mean_mem": float(np.nanmean(result.estimate))}
 
 
 def work_influence(args) -> dict:
@@ -254,6 +268,15 @@ def _pair_agreement(stability: dict | None) -> str:
     return f"split-half pair agreement {agreement:.2f}; " if agreement is not None else "split-half pair agreement n/a; "
 
 
+def _print_influence(label: str, res: dict) -> None:
+    prof = ", ".join(f"{k} {v:.2f}" for k, v in res["profile"].items())
+    rows = f"; {res['floor_seconds_rows_multiplied']:.2f} s for the {res['varying_test_rows']:,} varying test rows after the first pass" if "floor_seconds_rows_multiplied" in res else ""
+    print(f"influence [{label}]: {res['seconds']:.2f} s (+{res['seconds_read']:.2f} s generating); floor {res['floor_seconds']:.2f} s "
+          f"({res['vs_floor']:.2f}x{rows}); "
+          f"{res['passes']} passes; {res['pairs']} pairs ({res['planted_found']} of {res['planted']} planted, {res['other_pairs']} others); "
+          f"{_pair_agreement(res['pair_stability'])}peak {res['peak_rss_gb']:.2f} GB; [{prof}]", flush=True)
+
+
 WORKERS = {"memorization": work_memorization, "influence": work_influence, "dense": work_dense}
 
 
@@ -261,7 +284,7 @@ def run_worker(kind: str, args, **extra) -> dict:
     cmd = [sys.executable, __file__, "--worker", kind, "--runs", str(extra.get("runs", args.runs)), "--train", str(args.train), "--test", str(args.test),
            "--top", str(args.top), "--block-size", str(extra.get("block_size", args.block_size)), "--max-memory-gb", str(args.max_memory_gb),
            "--precision", extra.get("precision", "auto"), "--threads", str(args.threads), "--planted", str(args.planted)]
-    if args.no_split_half:
+    if extra.get("no_split_half", args.no_split_half):
         cmd.append("--no-split-half")
     if args.finish_tile_elements:
         cmd += ["--finish-tile-elements", str(args.finish_tile_elements)]
@@ -282,6 +305,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=10)
     parser.add_argument("--planted", type=int, default=1000, help="planted high-influence pairs (see the module docstring)")
     parser.add_argument("--no-split-half", action="store_true", help="influence without the split halves (one accumulator, one finish)")
+    parser.add_argument("--also-without-split-half", action="store_true", help="measure each precision a second time without the split halves")
     parser.add_argument("--block-size", type=int, default=2048, help="runs per block (the products' inner dimension)")
     parser.add_argument("--max-memory-gb", type=float, default=1.0, help="accumulator memory per column block of train examples")
     parser.add_argument("--precisions", default="int8,bfloat16,float32")
@@ -334,11 +358,13 @@ def main() -> None:
         needed = 2 * R * (T * first + res["varying_test_rows"] * (N - first))
         res["floor_seconds_rows_multiplied"] = needed / rates[precision]
         results["influence"][precision] = res
-        prof = ", ".join(f"{k} {v:.2f}" for k, v in res["profile"].items())
-        print(f"influence [{precision}]: {res['seconds']:.2f} s (+{res['seconds_read']:.2f} s generating); floor {res['floor_seconds']:.2f} s "
-              f"({res['vs_floor']:.2f}x; {res['floor_seconds_rows_multiplied']:.2f} s for the {res['varying_test_rows']:,} varying test rows after the first pass); "
-              f"{res['passes']} passes; {res['pairs']} pairs ({res['planted_found']} of {res['planted']} planted, {res['other_pairs']} others); "
-              f"{_pair_agreement(res['pair_stability'])}peak {res['peak_rss_gb']:.2f} GB; [{prof}]", flush=True)
+        _print_influence(precision, res)
+        if args.also_without_split_half and not args.no_split_half:
+            plain = run_worker("influence", args, precision=precision, no_split_half=True)
+            plain["floor_seconds"] = res["floor_seconds"]
+            plain["vs_floor"] = plain["seconds"] / plain["floor_seconds"]
+            results["influence"][f"{precision}-no-split-half"] = plain
+            _print_influence(f"{precision}, no split halves", plain)
 
     if not args.skip_dense:
         dense = run_worker("dense", args, compare=saved)
