@@ -161,9 +161,10 @@ def test_ctrl_c_keeps_committed_runs(tmp_path, reference):
     deadline = time.time() + 120
     while time.time() < deadline and Store.open(store).committed().sum() < 2:
         time.sleep(0.05)
+    finished_before_signal = proc.poll() is not None
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends to the whole foreground group
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 130, (finished_before_signal, Store.open(store).committed().sum(), out, err)
     assert "interrupted" in err and "resumes" in err
     committed = Store.open(store).committed()
     assert 2 <= committed.sum() < 24
