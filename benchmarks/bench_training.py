@@ -36,7 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, default_data_dir, gemm_rate, machine  # noqa: E402
+from common import REPO, default_data_dir, gemm_rate, machine, plain_epoch  # noqa: E402
 
 from manyruns.data import load_dataset  # noqa: E402
 from manyruns.models.architectures import build_model  # noqa: E402
@@ -104,12 +104,7 @@ def baseline_run(recipe: Recipe, dataset, seed: int) -> float:
         opt = torch.optim.Adam(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
     loader = DataLoader(TensorDataset(x[subset], y[subset]), batch_size=recipe.training.batch_size, shuffle=True)
     for _ in range(recipe.training.epochs):
-        model.train()
-        for xb, yb in loader:
-            loss = nn.functional.cross_entropy(model(xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        plain_epoch(model, loader, opt)
         model.eval()
         with torch.no_grad():
             nn.functional.cross_entropy(model(xt), yt)

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_training import layer_flops  # noqa: E402
-from common import REPO, default_data_dir, gemm_rate, machine  # noqa: E402
+from common import REPO, default_data_dir, gemm_rate, machine, plain_epoch  # noqa: E402
 
 import manyruns  # noqa: E402
 from manyruns.analysis.zoo import zoo_samples  # noqa: E402
@@ -112,12 +112,7 @@ def baseline_network(recipe: Recipe, ratio: float, dataset, seed: int) -> float:
     evaluate()
     checkpoints.append(torch.cat([q.detach().flatten() for q in model.parameters()]))
     for epoch in range(1, recipe.training.epochs + 1):
-        model.train()
-        for xb, yb in loader:
-            loss = nn.functional.cross_entropy(model(xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        plain_epoch(model, loader, opt)
         evaluate()
         if epoch in recipe.record.weights:
             checkpoints.append(torch.cat([q.detach().flatten() for q in model.parameters()]))

@@ -13,6 +13,17 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 
 
+def plain_epoch(model: torch.nn.Module, loader, opt: torch.optim.Optimizer) -> None:
+    """One epoch of the plain-PyTorch baselines: every batch of ``loader`` through forward,
+    cross-entropy, backward and an optimizer step."""
+    model.train()
+    for xb, yb in loader:
+        loss = torch.nn.functional.cross_entropy(model(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 def default_data_dir() -> str | None:
     shared = REPO.parent / "shared" / "data"
     return os.environ.get("MANYRUNS_DATA") or (str(shared) if shared.is_dir() else None)

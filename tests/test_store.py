@@ -39,6 +39,13 @@ def arrays_equal(a: Path, b: Path, names=("logits/train", "logits/test", "mask/t
         assert np.array_equal(pa.load(name, "all"), pb.load(name, "all"), equal_nan=True), name
 
 
+def wait_for_commits(store: Path, n: int, timeout: float = 120) -> None:
+    """Poll the store until at least ``n`` runs are committed (or ``timeout`` seconds pass)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and Store.open(store).committed().sum() < n:
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """A slower population (more runs, more epochs) trained in-process, without interruption."""
@@ -128,9 +135,7 @@ def test_killed_training_keeps_committed_runs_and_resumes(tmp_path, reference):
     store = tmp_path / "s"
     manyruns.plan(recipe, store)
     proc = popen_train(store, "--group-size", "1")
-    deadline = time.time() + 120
-    while time.time() < deadline and Store.open(store).committed().sum() < 3:
-        time.sleep(0.05)
+    wait_for_commits(store, 3)
     workers = children(proc.pid)
     proc.kill()
     proc.wait()
@@ -158,9 +163,7 @@ def test_ctrl_c_keeps_committed_runs(tmp_path, reference):
         [sys.executable, "-m", "manyruns.cli", "train", str(store), "--quiet", "--workers", "1", "--group-size", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True,
     )
-    deadline = time.time() + 120
-    while time.time() < deadline and Store.open(store).committed().sum() < 2:
-        time.sleep(0.05)
+    wait_for_commits(store, 2)
     finished_before_signal = proc.poll() is not None
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends to the whole foreground group
     out, err = proc.communicate(timeout=60)
@@ -255,9 +258,7 @@ def test_a_killed_worker_fails_its_runs_and_the_rest_train(tmp_path, reference):
     store = tmp_path / "s"
     manyruns.plan(recipe, store)
     proc = popen_train(store, "--group-size", "1")
-    deadline = time.time() + 120
-    while time.time() < deadline and Store.open(store).committed().sum() < 2:
-        time.sleep(0.05)
+    wait_for_commits(store, 2)
     victims = [pid for pid in children(proc.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     assert victims
     for pid in victims:
