@@ -560,8 +560,6 @@ def influence_from_source(
         # every run gets wrong) has influence exactly 0 on every training example.
         rows = all_rows if first_pass else np.flatnonzero(varying)
         products = HalfProducts(rows.size, c1 - c0, precision, squares, split_half, storage)
-        n_in = np.zeros(c1 - c0)
-        n_in_a = np.zeros(c1 - c0)
         for block in clock.iterate("read", source.blocks(block_size, train=first_pass, test=True)):
             clock.start()
             in_a = halves.in_first_half(block.runs)
@@ -575,12 +573,8 @@ def influence_from_source(
                     test_sum += tv.sum(0)
                     test_sq += np.square(tv).sum(0)
                     test_sum_a += tv[in_a].sum(0)
-            m = block.mask[:, c0:c1]
-            n_in += np.count_nonzero(m, axis=0)
-            if split_half:
-                n_in_a += np.count_nonzero(m[in_a], axis=0)
             clock.stop("sums")
-            products.add(block.test if rows.size == T else block.test[:, rows], m, in_a)
+            products.add(block.test if rows.size == T else block.test[:, rows], block.mask[:, c0:c1], in_a)
             clock.stop("product")
         if first_pass:
             if binary:
@@ -593,6 +587,9 @@ def influence_from_source(
                     N, topk.k, (runs_a, R - runs_a), halves.half_estimates(), mem.label, y_test, (test_sum_a, test_sum - test_sum_a),
                     infl_threshold, mem_threshold, same_label, max_pairs,
                 )
+        # the membership counts of these columns, complete since the first pass
+        n_in = halves.total.n_in[c0:c1]
+        n_in_a = halves.first.n_in[c0:c1]
         n_out = R - n_in
         clock.start()
         if split_half:
