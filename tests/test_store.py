@@ -274,6 +274,32 @@ def test_a_killed_worker_fails_its_runs_and_the_rest_train(tmp_path, reference):
     arrays_equal(store, ref)
 
 
+def test_cancelling_a_pool_whose_worker_is_already_gone_is_quiet():
+    """A worker killed and reaped before the pool is cancelled (the pool's own thread races the
+    cancel for it) must not turn the cancel into an error."""
+    from manyruns.execute.local import LocalExecutor
+
+    pool = LocalExecutor(workers=2)
+    assert pool._pool.submit(os.getpid).result(timeout=60)
+    processes = list(pool._pool._processes.values())
+    victim = processes[0]
+    os.kill(victim.pid, signal.SIGKILL)
+    try:
+        os.waitpid(victim.pid, 0)  # reaped behind the Process object's back
+    except ChildProcessError:
+        pass  # the pool's thread reaped it first
+    pool.close(cancel=True)
+    assert not any(p.is_alive() and p.exitcode is None and _pid_exists(p.pid) for p in processes)
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def test_unknown_train_options_are_refused_before_any_work(tmp_path, write_recipe):
     store = tmp_path / "s"
     manyruns.plan(write_recipe(tiny_recipe(runs=2)), store)

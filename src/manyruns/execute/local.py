@@ -69,8 +69,9 @@ class LocalExecutor(Executor):
             processes = list(getattr(self._pool, "_processes", {}).values())
             self._pool.shutdown(wait=False, cancel_futures=True)
             for p in processes:
-                if p.is_alive():
-                    os.kill(p.pid, signal.SIGTERM)
+                # The pool's own thread may reap a dying worker at any moment; terminate() does
+                # nothing for a process already gone, where a bare os.kill would raise.
+                p.terminate()
             for p in processes:
                 p.join(timeout=5)
                 if p.is_alive():
