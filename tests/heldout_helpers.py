@@ -218,10 +218,10 @@ def half_influence32(mask: np.ndarray, test_values: np.ndarray) -> np.ndarray:
     return np.where(valid[None, :], est, np.float32(-np.inf)).astype(np.float32)
 
 
-def dense_pair_stability(mask, correct_train, correct_test, half, y_train, y_test, k, infl_threshold, mem_threshold, same_label=True) -> dict:
+def dense_pair_stability(mask, correct_train, correct_test, half, y_train, y_test, k, infl_threshold, mem_threshold, same_label=True, rows=None) -> dict:
     """The split-half agreement of pairs and top-k computed per half from the whole arrays:
     pairs per half (as ``(train, test)`` sets) and the Spearman over the union of the halves'
-    top-k entries of the test examples whose value varies."""
+    top-k entries of the test examples whose value varies (of ``rows`` only, when given)."""
     from manyruns.analysis.heldout import spearman
 
     R, N = mask.shape
@@ -245,6 +245,8 @@ def dense_pair_stability(mask, correct_train, correct_test, half, y_train, y_tes
         tops.append(top)
     total = correct_test.sum(0)
     varying = (total > 0) & (total < R)
+    if rows is not None:
+        varying &= np.isin(np.arange(varying.size), rows)
     union = sorted(e for e in tops[0] | tops[1] if varying[e[0]])
     a = np.array([infl[0][e] for e in union], dtype=np.float64)
     b = np.array([infl[1][e] for e in union], dtype=np.float64)

@@ -285,6 +285,29 @@ def test_pair_split_half_matches_the_halves_computed_apart(synthetic):
         assert s.pairs == (len(ref["pairs"][0]), len(ref["pairs"][1])) and s.both == both >= 1
         assert s.topk_entries == ref["topk_entries"] > 20
         assert s.topk_spearman == pytest.approx(ref["topk_spearman"], abs=1e-12)
+        assert s.topk_rows.size == result.params["topk_stability_rows"] == int(np.sum((a["cte"].sum(0) > 0) & (a["cte"].sum(0) < 40)))
+
+
+def test_pair_split_half_compares_the_top_influencers_of_a_sample_of_test_examples(synthetic):
+    pop, a = synthetic
+    half = split_halves(np.array(pop.runs.cell), np.arange(40))
+    full = influence(pop, top=4, infl_threshold=0.1, mem_threshold=0.05)
+    varying = np.flatnonzero((a["cte"].sum(0) > 0) & (a["cte"].sum(0) < 40))
+    sampled = {}
+    for seed in (0, 1):
+        result = influence(pop, top=4, infl_threshold=0.1, mem_threshold=0.05, max_block_bytes=4 * 23 * 2 * 9, topk_stability_rows=7, seed=seed)
+        s = result.pair_stability
+        rows = s.topk_rows
+        assert rows.size == 7 and np.all(np.isin(rows, varying)) and np.all(np.diff(rows) > 0)
+        ref = dense_pair_stability(a["mask"], a["ctr"], a["cte"], half, a["ytr"], a["yte"], 4, 0.1, 0.05, rows=rows)
+        assert s.topk_entries == ref["topk_entries"] and s.topk_spearman == pytest.approx(ref["topk_spearman"], abs=1e-12)
+        # the pairs (and everything outside the halves' top-k) do not depend on the sample
+        assert s.pairs == full.pair_stability.pairs and s.both == full.pair_stability.both
+        assert np.array_equal(result.top_index, full.top_index)
+        sampled[seed] = tuple(rows)
+    assert sampled[0] != sampled[1]
+    with pytest.raises(ValueError, match="topk_stability_rows"):
+        influence(pop, topk_stability_rows=0)
 
 
 def test_influence_without_split_halves(synthetic):

@@ -15,9 +15,11 @@ dense matrix is written (to an ``.npy`` file or to the store) only when asked.
 
 Split halves: the products of the two halves of the runs (the halves of the memorization's
 split-half stability) are accumulated apart, the sums over all runs being their sum, so no
-multiplication is added; each half is finished beside the whole, with its own top-k and pairs,
-whose agreement is :class:`PairStability`. This doubles the accumulators per column (so the
-passes for a given memory) and roughly triples the finishing step; ``split_half=False`` skips it.
+multiplication is added; each half is finished beside the whole, with its own pairs (every test
+example, but only the train examples whose memorization in that half can form a pair) and its
+own top-k (on a sample of the test examples that vary), whose agreement is
+:class:`PairStability`. This doubles the accumulators per column (so the passes for a given
+memory) and adds about a third to the finishing step; ``split_half=False`` skips it.
 
 Precision: masks and 0/1 correctness are exact in small integer and floating-point formats.
 The default for 0/1 values is int8 products with int32 accumulation (exact for any number of
@@ -289,8 +291,8 @@ class PairStability:
     with the other, ``2 both / (a + b)``. ``truncated``: a half found more than ``max_pairs``
     pairs (the agreement is then that of the strongest kept). ``topk_spearman``: Spearman
     correlation between the two halves' influence over the union of their top-``k`` entries,
-    over the test examples whose value varies between runs (``topk_entries`` entries, those
-    defined in both halves).
+    over ``topk_rows``: test examples whose value varies between runs (all of them, or a
+    sample; ``topk_entries`` entries, those defined in both halves).
     """
 
     runs: tuple[int, int]
@@ -300,6 +302,7 @@ class PairStability:
     k: int
     topk_spearman: float
     topk_entries: int
+    topk_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64), repr=False)
 
     @property
     def agreement(self) -> float:
@@ -321,6 +324,7 @@ class PairStability:
             "k": self.k,
             "topk_spearman": _json_float(self.topk_spearman),
             "topk_entries": self.topk_entries,
+            "topk_test_examples": int(self.topk_rows.size),
         }
 
 
@@ -447,6 +451,7 @@ def influence(
     seed: int = 0,
     max_pairs: int = 5_000_000,
     split_half: bool = True,
+    topk_stability_rows: int = 2000,
 ) -> InfluenceResult:
     """Influence estimates of ``pop`` (see the module docstring); memory independent of the
     number of runs.
@@ -463,6 +468,8 @@ def influence(
     whose value varies between runs are compared). ``max_pairs``: pairs kept at most (the
     strongest; at least 1). ``split_half``: also compute the pairs and top influencers of each
     half of the runs (:class:`PairStability`; twice the accumulators, no extra products).
+    ``topk_stability_rows``: test examples (sampled with ``seed`` among those whose value
+    varies; all of them when fewer) whose top influencers each half keeps for that comparison.
     """
     source = HeldoutSource(pop, value, runs)
     writer = None
@@ -471,7 +478,7 @@ def influence(
         writer = _open_dense(pop, dense, T, N)
     result = influence_from_source(
         source, top, infl_threshold, mem_threshold, same_label, block_size, max_block_bytes, precision, writer, stability_rows, seed,
-        max_pairs=max_pairs, split_half=split_half,
+        max_pairs=max_pairs, split_half=split_half, topk_stability_rows=topk_stability_rows,
     )
     if isinstance(writer, np.memmap):
         writer.flush()
@@ -494,6 +501,7 @@ def influence_from_source(
     profile: dict | None = None,
     max_pairs: int = 5_000_000,
     split_half: bool = True,
+    topk_stability_rows: int = 2000,
 ) -> InfluenceResult:
     """:func:`influence` from any source of held-out blocks (see
     :func:`~manyruns.analysis.heldout.memorization_from_source`; the source also needs
@@ -505,8 +513,8 @@ def influence_from_source(
     memory when few runs make many pairs pass the thresholds by chance. ``split_half``: keep the
     products of the two halves of the runs apart and finish each half too (the split-half
     stability and :class:`PairStability`); this doubles the accumulator memory per column (so
-    the passes for a given ``max_block_bytes``) and roughly triples the finishing step, with no
-    extra multiplications."""
+    the passes for a given ``max_block_bytes``) and adds about a third to the finishing step,
+    with no extra multiplications. ``topk_stability_rows``: see :func:`influence`."""
     clock = _Clock(profile)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -514,6 +522,8 @@ def influence_from_source(
         raise ValueError(f"top must be at least 1, got {top}")
     if max_pairs < 1:
         raise ValueError(f"max_pairs (the most pairs kept) must be at least 1, got {max_pairs}")
+    if topk_stability_rows < 1:
+        raise ValueError(f"topk_stability_rows (test examples whose top influencers the halves compare) must be at least 1, got {topk_stability_rows}")
     source.check_held_out()
     binary = source.binary
     if precision == "auto":
@@ -583,9 +593,13 @@ def influence_from_source(
                     varying = (test_sum > 0) & (test_sum < R)
             mem = halves.result(source, {"block_size": block_size})
             if split_half:
+                compared = np.flatnonzero((test_sum > 0) & (test_sum < R) if binary else varying)
+                if compared.size > topk_stability_rows:
+                    compared = np.sort(np.random.default_rng([seed, 1]).choice(compared, topk_stability_rows, replace=False))
+                params["topk_stability_rows"] = int(compared.size)
                 half_pairs = SplitHalfPairs(
                     N, topk.k, (runs_a, R - runs_a), halves.half_estimates(), mem.label, y_test, (test_sum_a, test_sum - test_sum_a),
-                    infl_threshold, mem_threshold, same_label, max_pairs,
+                    infl_threshold, mem_threshold, same_label, max_pairs, compared,
                 )
         # the membership counts of these columns, complete since the first pass
         n_in = halves.total.n_in[c0:c1]
@@ -626,7 +640,7 @@ def influence_from_source(
         rho, count = spearman(*_subsample_finite(est_a, est_b, 200_000, rng))
         stability = Stability(rho, (runs_a, R - runs_a), count)
         agreement = _top1_agreement(est_a, est_b)
-        pair_stability = half_pairs.result((test_sum > 0) & (test_sum < R) if binary else varying)
+        pair_stability = half_pairs.result()
     return InfluenceResult(
         value=source.value,
         runs=R,
@@ -773,13 +787,26 @@ class _Columns:
             torch.from_numpy(labels[candidates].astype(np.int64)),
         )
 
+    def candidates_only(self) -> "_Columns":
+        """These counts restricted to the candidate columns (all valid, all candidates)."""
+        C = self.candidates.numel()
+        return _Columns(
+            self.in_counts[self.candidates], self.out_counts[self.candidates], torch.zeros(C, dtype=torch.bool), False,
+            torch.arange(C), self.labels,
+        )
 
-def _influence_tile(sums: torch.Tensor, totals: torch.Tensor, cols: _Columns, out: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+
+def _influence_tile(sums: torch.Tensor, totals: torch.Tensor, cols: _Columns, out: torch.Tensor | None = None, scratch: torch.Tensor | None = None) -> torch.Tensor:
     """``out (t, W) float32`` = ``sums / n_in - (totals - sums) / n_out``, -inf in undefined
-    columns; ``sums (t, W)`` (int32 or float32), ``totals (t, 1)``, ``scratch (t, W) float32``.
+    columns; ``sums (t, W)`` (int32 or float32), ``totals (t, 1)``, ``scratch (t, W) float32``
+    (both allocated when not given).
 
     Divisions and differences are rounded correctly whatever the vector width, so every entry
     is the same whichever column block and tile it falls in."""
+    if out is None:
+        out = torch.empty(sums.shape)
+    if scratch is None:
+        scratch = torch.empty(sums.shape)
     torch.div(sums, cols.in_counts, out=out)
     torch.sub(totals, sums, out=scratch)
     out.sub_(scratch.div_(cols.out_counts))
@@ -792,12 +819,18 @@ def _pairs_above(infl: torch.Tensor, test_ids: torch.Tensor, cols: _Columns, y_t
     """The entries of ``infl (t, W)`` in candidate columns at or above ``threshold`` (and, with
     ``same_label``, whose train label is the test example's): ``(sub (t, C), rows, positions
     in the candidates)``."""
-    sub = infl[:, cols.candidates]
+    sub = infl.index_select(1, cols.candidates)
+    return (sub, *_hits_above(sub, test_ids, cols.labels, y_test, threshold, same_label))
+
+
+def _hits_above(sub: torch.Tensor, test_ids: torch.Tensor, labels: torch.Tensor, y_test: torch.Tensor, threshold: float, same_label: bool):
+    """``(rows, columns)`` of the entries of ``sub (t, C)`` at or above ``threshold`` (and, with
+    ``same_label``, whose column's train label ``labels (C,)`` is the test example's)."""
     hit_rows, hit_cols = torch.nonzero(sub >= threshold, as_tuple=True)
     if same_label and hit_rows.numel():
-        same = cols.labels[hit_cols] == y_test[test_ids[hit_rows]]
+        same = labels[hit_cols] == y_test[test_ids[hit_rows]]
         hit_rows, hit_cols = hit_rows[same], hit_cols[same]
-    return sub, hit_rows, hit_cols
+    return hit_rows, hit_cols
 
 
 class SplitHalfPairs:
@@ -806,10 +839,14 @@ class SplitHalfPairs:
 
     ``runs``: runs per half; ``memorization``: each half's ``(N,)`` memorization; ``labels (N,)``
     the train labels and ``y_test (T,)``; ``totals``: each half's ``(T,)`` per-test sums of
-    values. Each half's top-k keeps the other half's influence at the same entry.
+    values; ``topk_rows``: the sorted test examples whose top-k the halves compare. Each half's
+    top-k keeps the other half's influence at the same entry.
+
+    Pairs need a half's influence only in its candidate columns (memorization at the threshold)
+    and the top-k only on ``topk_rows``, so a tile costs a fraction of the full one's finishing.
     """
 
-    def __init__(self, N, k, runs, memorization, labels, y_test, totals, infl_threshold, mem_threshold, same_label, max_pairs):
+    def __init__(self, N, k, runs, memorization, labels, y_test, totals, infl_threshold, mem_threshold, same_label, max_pairs, topk_rows):
         T = y_test.size
         self.N = N
         self.k = k
@@ -823,7 +860,9 @@ class SplitHalfPairs:
         self.same_label = same_label
         self.topk = [TopK(T, k, 1), TopK(T, k, 1)]
         self.pairs = [PairCollector(max_pairs), PairCollector(max_pairs)]
-        self._buffers: torch.Tensor | None = None
+        self.topk_rows = np.asarray(topk_rows, dtype=np.int64)
+        self.compared = torch.zeros(T, dtype=torch.bool)
+        self.compared[torch.from_numpy(self.topk_rows)] = True
 
     def start_columns(self, c0: int, n_in: tuple[np.ndarray, np.ndarray]) -> None:
         """Begin the column block at ``c0`` with each half's in-counts ``(W,)``."""
@@ -834,45 +873,43 @@ class SplitHalfPairs:
             _Columns.of(counts, runs - counts, mem[c0 : c0 + W], self.labels[c0 : c0 + W], self.mem_threshold)
             for counts, runs, mem in zip(n_in, self.runs, self.memorization)
         ]
+        self.candidate_columns = [cols.candidates_only() for cols in self.columns]
 
     def add_tile(self, test_ids: torch.Tensor, sums_a: torch.Tensor, sums_b: torch.Tensor) -> None:
         """Each half's in-sums ``(t, W)`` of the test examples ``test_ids (t,)``."""
-        t, W = sums_a.shape
-        buffers = self._scratch(t, W)
-        infl = [
-            _influence_tile(sums, self.totals[h][test_ids, None], self.columns[h], buffers[h], buffers[2])
-            for h, sums in enumerate((sums_a, sums_b))
-        ]
-        k = min(self.k, W)
-        for h in (0, 1):
-            value, where = topk_by_value_then_index(infl[h], k)
-            other = infl[1 - h].gather(1, where)
-            self.topk[h].merge(test_ids, value, self.column_ids[where], other.unsqueeze(-1))
-            cols = self.columns[h]
+        halves = (sums_a, sums_b)
+        for h, sums in enumerate(halves):
+            cols, sub_cols = self.columns[h], self.candidate_columns[h]
             if cols.candidates.numel():
-                sub, rows, hits = _pairs_above(infl[h], test_ids, cols, self.y_test, self.infl_threshold, self.same_label)
+                sub = _influence_tile(sums.index_select(1, cols.candidates), self.totals[h][test_ids, None], sub_cols)
+                rows, hits = _hits_above(sub, test_ids, cols.labels, self.y_test, self.infl_threshold, self.same_label)
                 if rows.numel():
                     key = test_ids[rows] * self.N + cols.candidates[hits] + self.c0
                     self.pairs[h].add({"key": key.numpy(), "infl": sub[rows, hits].numpy()})
+        at = torch.nonzero(self.compared[test_ids]).view(-1)
+        if not at.numel():
+            return
+        ids = test_ids[at]
+        infl = [_influence_tile(sums.index_select(0, at), self.totals[h][ids, None], self.columns[h]) for h, sums in enumerate(halves)]
+        k = min(self.k, sums_a.shape[1])
+        for h in (0, 1):
+            value, where = topk_by_value_then_index(infl[h], k)
+            other = infl[1 - h].gather(1, where)
+            self.topk[h].merge(ids, value, self.column_ids[where], other.unsqueeze(-1))
 
-    def _scratch(self, t: int, W: int) -> torch.Tensor:
-        if self._buffers is None or self._buffers.shape[1] < t or self._buffers.shape[2] != W:
-            self._buffers = torch.empty(3, t, W)
-        return self._buffers[:, :t]
-
-    def result(self, rows: np.ndarray) -> PairStability:
-        """The agreement of the halves; ``rows (T,) bool``: the test examples whose value varies
-        between runs (those the top-k comparison is over)."""
+    def result(self) -> PairStability:
+        """The agreement of the halves."""
         keys = [_pair_keys(collector) for collector in self.pairs]
         both = int(np.intersect1d(keys[0], keys[1], assume_unique=True).size)
-        rho, entries = spearman(*self._topk_union(rows))
+        rho, entries = spearman(*self._topk_union())
         truncated = any(c.found > c.limit for c in self.pairs)
-        return PairStability(self.runs, (int(keys[0].size), int(keys[1].size)), both, truncated, self.k, rho, entries)
+        return PairStability(self.runs, (int(keys[0].size), int(keys[1].size)), both, truncated, self.k, rho, entries, self.topk_rows)
 
-    def _topk_union(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Both halves' influence ``(E,)`` at the union of their top-k entries in ``rows`` (NaN
-        where a half has none)."""
+    def _topk_union(self) -> tuple[np.ndarray, np.ndarray]:
+        """Both halves' influence ``(E,)`` at the union of their top-k entries in the compared
+        rows (NaN where a half has none)."""
         keys, values_a, values_b = [], [], []
+        rows = self.compared.numpy()
         for h, top in enumerate(self.topk):
             index, value, other = top.index.numpy(), top.value.numpy(), top.aux[..., 0].numpy()
             kept = (index >= 0) & np.isfinite(value) & rows[:, None]

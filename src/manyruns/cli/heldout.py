@@ -202,7 +202,7 @@ def _pair_stability_line(stability: dict) -> str:
         line += f"; {stability['pair_agreement']:.0%} of the pairs found with one half are found with the other"
     if stability["pairs_truncated"]:
         line += " (a half's pairs truncated at --max-pairs)"
-    line += f"\n  top-{stability['k']} split-half: Spearman {_num(stability['topk_spearman'], '.3f')} over the union of the halves' top entries ({stability['topk_entries']:,}; negative when they are noise)"
+    line += f"\n  top-{stability['k']} split-half: Spearman {_num(stability['topk_spearman'], '.3f')} over the union of the halves' top entries ({stability['topk_entries']:,} entries of {stability['topk_test_examples']:,} varying test examples; negative when they are noise)"
     return line
 
 
