@@ -31,6 +31,7 @@ from .heldout import (
     NoHeldoutRunsError,
     Stability,
     _json_float,
+    column_counts,
     mean_and_variance,
     spearman,
     split_halves,
@@ -179,14 +180,14 @@ class HeldoutByRatio:
             rows = level == lv
             o = out[rows]
             if values.dtype == bool:
-                hits = np.count_nonzero(o & values[rows], axis=0)
+                hits = column_counts(o & values[rows])
                 self.s[lv] += hits
                 self.q[lv] += hits
             else:
                 v = np.where(o, values[rows].astype(np.float32, copy=False), np.float32(0))
                 self.s[lv] += v.sum(0, dtype=np.float64)
                 self.q[lv] += np.square(v).sum(0, dtype=np.float64)
-            self.n[lv] += np.count_nonzero(o, axis=0)
+            self.n[lv] += column_counts(o)
 
     def estimate(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per-ratio means ``(L, N)``, C-score ``(N,)`` and its standard error ``(N,)``."""

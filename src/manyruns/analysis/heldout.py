@@ -280,6 +280,12 @@ def _json_float(x: float) -> float | None:
 # ----------------------------------------------------------------------------- sums
 
 
+def column_counts(x: np.ndarray) -> np.ndarray:
+    """``(N,) int32``: the True entries of each column of ``x (b, N) bool`` (a uint8 reduction,
+    about 3x faster than ``np.count_nonzero(x, axis=0)``; exact for ``b < 2**31``)."""
+    return np.add.reduce(x.view(np.uint8), axis=0, dtype=np.int32)
+
+
 @dataclass
 class MembershipSums:
     """Per-example sums over runs, split by membership: ``(N,) float64`` each.
@@ -304,8 +310,8 @@ class MembershipSums:
     def add(self, mask: np.ndarray, values: np.ndarray) -> None:
         """Add ``mask (b, N) bool`` and ``values (b, N)`` (bool or float) of a block of runs."""
         if values.dtype == bool:
-            hit_in = np.count_nonzero(mask & values, axis=0)
-            hits = np.count_nonzero(values, axis=0)
+            hit_in = column_counts(mask & values)
+            hits = column_counts(values)
             self.s_in += hit_in
             self.q_in += hit_in  # 0/1 values are their own squares
             self.s_all += hits
@@ -317,7 +323,7 @@ class MembershipSums:
             self.q_in += np.square(inside).sum(0, dtype=np.float64)
             self.s_all += v.sum(0, dtype=np.float64)
             self.q_all += np.square(v).sum(0, dtype=np.float64)
-        self.n_in += np.count_nonzero(mask, axis=0)
+        self.n_in += column_counts(mask)
         self.n_all += mask.shape[0]
 
     def __add__(self, other: "MembershipSums") -> "MembershipSums":

@@ -49,6 +49,7 @@ from .heldout import (
     MemorizationResult,
     Stability,
     _json_float,
+    column_counts,
     mean_and_variance,
     spearman,
 )
@@ -576,8 +577,8 @@ def influence_from_source(
             if first_pass:
                 halves.add(block)
                 if binary:
-                    test_sum += np.count_nonzero(block.test, axis=0)
-                    test_sum_a += np.count_nonzero(block.test[in_a], axis=0)
+                    test_sum += column_counts(block.test)
+                    test_sum_a += column_counts(block.test[in_a])
                 else:
                     tv = block.test.astype(np.float64)
                     test_sum += tv.sum(0)
