@@ -50,9 +50,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, gemm_rate, machine  # noqa: E402
 
-from manyruns.analysis.heldout import HeldoutBlock, NoHeldoutRunsError, memorization_from_source  # noqa: E402
-from manyruns.analysis import influence as influence_module  # noqa: E402
-from manyruns.analysis.influence import influence_from_source  # noqa: E402
+from manyruns.analysis.heldout import (  # noqa: E402
+    HeldoutBlock,
+    InfluenceOptions,
+    MemorizationOptions,
+    NoHeldoutRunsError,
+    influence_from_source,
+    memorization_from_source,
+)
+from manyruns.analysis.heldout import influence_finish  # noqa: E402
 
 RATIO = 0.7
 CLASSES = 10
@@ -192,7 +198,7 @@ def work_memorization(args) -> dict:
     replay = ReplaySource(source, args.block_size, train=True, test=False)
     read = time.perf_counter() - t0
     t0 = time.perf_counter()
-    result = memorization_from_source(replay, args.block_size)
+    result = memorization_from_source(replay, MemorizationOptions(block_size=args.block_size))
     seconds = time.perf_counter() - t0
     return {"seconds_total": seconds + read, "seconds_read": read, "seconds": seconds, "peak_rss_gb": peak_rss_gb(), "mean_mem": float(np.nanmean(result.estimate))}
 
@@ -201,10 +207,10 @@ def work_influence(args) -> dict:
     source = SyntheticSource(args.runs, args.train, args.test, args.planted)
     profile: dict = {}
     t0 = time.perf_counter()
-    result = influence_from_source(
-        source, top=args.top, block_size=args.block_size, max_block_bytes=int(args.max_memory_gb * 2**30), precision=args.precision, profile=profile,
-        split_half=not args.no_split_half,
+    options = InfluenceOptions(
+        top=args.top, block_size=args.block_size, memory_gib=args.memory_gib, precision=args.precision, split_half=not args.no_split_half,
     )
+    result = influence_from_source(source, options, profile=profile)
     total = time.perf_counter() - t0
     found = set(zip(result.pairs.train_index.tolist(), result.pairs.test_index.tolist()))
     planted = source.planted_pairs()
@@ -214,17 +220,17 @@ def work_influence(args) -> dict:
         "seconds_read": profile.get("read", 0.0),
         "seconds": total - profile.get("read", 0.0),
         "profile": profile,
-        "passes": result.params["passes"],
+        "passes": result.details["passes"],
         "block_size": args.block_size,
         "pairs": int(len(result.pairs)),
-        "pairs_found": result.params["pairs_found"],
+        "pairs_found": result.details["pairs_found"],
         "planted": len(planted),
         "planted_found": len(found & planted),
         "other_pairs": len(found - planted),
         "split_half": not args.no_split_half,
         "pair_stability": result.pair_stability.to_dict() if result.pair_stability is not None else None,
-        "varying_test_rows": result.params["varying_test_rows"],
-        "column_width": result.params["column_width"],
+        "varying_test_rows": result.details["varying_test_rows"],
+        "column_width": result.details["column_width"],
         "peak_rss_gb": peak_rss_gb(),
     }
     if args.save:
@@ -282,7 +288,7 @@ WORKERS = {"memorization": work_memorization, "influence": work_influence, "dens
 
 def run_worker(kind: str, args, **extra) -> dict:
     cmd = [sys.executable, __file__, "--worker", kind, "--runs", str(extra.get("runs", args.runs)), "--train", str(args.train), "--test", str(args.test),
-           "--top", str(args.top), "--block-size", str(extra.get("block_size", args.block_size)), "--max-memory-gb", str(args.max_memory_gb),
+           "--top", str(args.top), "--block-size", str(extra.get("block_size", args.block_size)), "--memory-gib", str(args.memory_gib),
            "--precision", extra.get("precision", "auto"), "--threads", str(args.threads), "--planted", str(args.planted)]
     if extra.get("no_split_half", args.no_split_half):
         cmd.append("--no-split-half")
@@ -307,7 +313,7 @@ def main() -> None:
     parser.add_argument("--no-split-half", action="store_true", help="influence without the split halves (one accumulator, one finish)")
     parser.add_argument("--also-without-split-half", action="store_true", help="measure each precision a second time without the split halves")
     parser.add_argument("--block-size", type=int, default=2048, help="runs per block (the products' inner dimension)")
-    parser.add_argument("--max-memory-gb", type=float, default=1.0, help="accumulator memory per column block of train examples")
+    parser.add_argument("--memory-gib", type=float, default=1.0, help="accumulator memory per column block of train examples, in GiB")
     parser.add_argument("--precisions", default="int8,bfloat16,float32")
     parser.add_argument("--skip-dense", action="store_true")
     parser.add_argument("--memory-runs", default="1000,2000", help="run counts for the memory check (block size: the smallest)")
@@ -323,7 +329,7 @@ def main() -> None:
         args.threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     if args.finish_tile_elements:
-        influence_module.FINISH_TILE_ELEMENTS = args.finish_tile_elements
+        influence_finish.FINISH_TILE_ELEMENTS = args.finish_tile_elements
     if args.worker:
         print(json.dumps(WORKERS[args.worker](args)))
         return
@@ -331,11 +337,13 @@ def main() -> None:
     R, N, T = args.runs, args.train, args.test
     info = machine()
     print(f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}", flush=True)
-    rates = {"int8": int8_rate(), "bfloat16": gemm_rate(torch.bfloat16), "float32": gemm_rate(torch.float32)}
+    # the rates of the precisions measured only (bfloat16 products crawl on CPUs without bfloat16 units)
+    measure = {"int8": int8_rate, "bfloat16": lambda: gemm_rate(torch.bfloat16), "float32": lambda: gemm_rate(torch.float32)}
+    rates = {p: measure[p]() for p in dict.fromkeys(p for p in args.precisions.split(",") if p)}
     bandwidth = read_bandwidth()
     print("GEMM rates (GFLOP/s): " + ", ".join(f"{k} {v / 1e9:,.0f}" for k, v in rates.items()) + f"; read bandwidth {bandwidth / 1e9:.1f} GB/s", flush=True)
-    results: dict = {"machine": info, "threads": args.threads, "finish_tile_elements": influence_module.FINISH_TILE_ELEMENTS, "runs": R, "train": N, "test": T, "top": args.top, "block_size": args.block_size,
-                     "max_memory_gb": args.max_memory_gb, "planted": args.planted, "split_half": not args.no_split_half, "gemm_rate": rates, "read_bandwidth": bandwidth}
+    results: dict = {"machine": info, "threads": args.threads, "finish_tile_elements": influence_finish.FINISH_TILE_ELEMENTS, "runs": R, "train": N, "test": T, "top": args.top, "block_size": args.block_size,
+                     "memory_gib": args.memory_gib, "planted": args.planted, "split_half": not args.no_split_half, "gemm_rate": rates, "read_bandwidth": bandwidth}
 
     mem = run_worker("memorization", args)
     mem["floor_seconds"] = 2 * R * N / bandwidth

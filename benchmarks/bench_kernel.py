@@ -52,28 +52,30 @@ def make_store(path: Path, runs: int, n_test: int, n_train: int, classes: int, s
         "logits/test": ((n_test, classes), "float16", np.nan),
         "logits/train": ((n_train, classes), "float16", np.nan),
     }
-    store = store_mod.create_imported(path, "cifar10", fingerprint, (y_train, y_test), runs, arrays, {"format": "synthetic"}, classes, (3, 32, 32))
+    spec = store_mod.ImportSpec("cifar10", fingerprint, (y_train, y_test), classes, (3, 32, 32), arrays, {"format": "synthetic"})
+    store = store_mod.create_imported(path, spec)
+    store_mod.append_runs(store, {"seed": [0] * runs})
     patterns = {
         "test": 2.0 * np.eye(classes, dtype=np.float32)[y_test] + rng.normal(size=(n_test, classes)).astype(np.float32),
         "train": 2.0 * np.eye(classes, dtype=np.float32)[y_train] + rng.normal(size=(n_train, classes)).astype(np.float32),
     }
     for r0 in range(0, runs, block):
         r1 = min(runs, r0 + block)
+        rows = {}
         for split, pattern in patterns.items():
             noise = rng.standard_normal(size=(r1 - r0, *pattern.shape), dtype=np.float32)
-            store.array(f"logits/{split}")[r0:r1] = (pattern + noise).astype(np.float16)
-        store.array("status")[r0:r1] = np.ones(r1 - r0, dtype=np.int8)
-        store.array("committed")[r0:r1] = np.ones(r1 - r0, dtype=bool)
+            rows[f"logits/{split}"] = (pattern + noise).astype(np.float16)
+        store.write_runs(r0, rows, np.ones(r1 - r0, dtype=np.int8))  # arrays, then status and commit markers
 
 
-def streaming(store: str, n: int, precision: str, memory_gb: float, threads: int, queue) -> None:
+def streaming(store: str, n: int, precision: str, memory_gib: float, threads: int, queue) -> None:
     torch.set_num_threads(threads)
     import manyruns
     from manyruns.analysis.kernel import KernelOptions, PopulationLogits, kernel_topk
 
     pop = manyruns.open(store)
     t0 = time.perf_counter()
-    nb = kernel_topk(PopulationLogits(pop, runs=n), K_NEIGHBOURS, "test", KernelOptions(precision=precision, memory_gb=memory_gb))
+    nb = kernel_topk(PopulationLogits(pop, runs=n), K_NEIGHBOURS, "test", KernelOptions(precision=precision, memory_gib=memory_gib))
     seconds = time.perf_counter() - t0
     queue.put({"seconds": seconds, "peak_rss_gb": peak_rss_gb(), "indices": nb.indices, "values": nb.values})
 
@@ -119,7 +121,7 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=50000)
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--precision", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
-    parser.add_argument("--memory-gb", type=float, default=4.0, help="budget of the streaming kernel")
+    parser.add_argument("--memory-gib", type=float, default=4.0, help="budget of the streaming kernel, in GiB")
     parser.add_argument("--baseline-max-runs", type=int, default=500, help="skip the in-memory implementation above this n")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--store", type=Path, default=None, help="where to write the synthetic store (default: a temporary directory, removed)")
@@ -149,7 +151,7 @@ def main() -> None:
                 baseline = in_process(in_memory, str(store), n, args.threads)
                 print(f"n={n}: in-memory implementation {baseline['seconds']:.1f} s, peak {baseline['peak_rss_gb']:.2f} GB", flush=True)
             for precision in args.precision:
-                result = in_process(streaming, str(store), n, precision, args.memory_gb, args.threads)
+                result = in_process(streaming, str(store), n, precision, args.memory_gib, args.threads)
                 floor = flops / rates[precision]
                 row = {
                     "runs": n,

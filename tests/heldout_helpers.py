@@ -40,29 +40,22 @@ def array_store(
     if trueprob is not None:
         arrays["trueprob/train"] = (trueprob.shape[1:], "float16", np.nan)
     fingerprint = {"name": "synthetic", "train_shape": [N, 1, 1, 1], "test_shape": [T, 1, 1, 1], "num_classes": C}
-    store = store_mod.create_imported(path, "digits", fingerprint, (y_train, y_test), R, arrays, {"format": "test arrays"}, C, (1, 1, 1))
-    store.array("mask/train")[:] = mask
-    store.array("labels/train")[:] = np.broadcast_to(y_train if labels_train is None else labels_train, (R, N)).astype(np.int16)
-    if correct_train is not None:
-        store.array("correct/train")[:] = correct_train
-        store.array("correct/test")[:] = correct_test
-    if logits_train is not None:
-        store.array("logits/train")[:] = logits_train.astype(np.float16)
-        store.array("logits/test")[:] = logits_test.astype(np.float16)
-    if trueprob is not None:
-        store.array("trueprob/train")[:] = trueprob.astype(np.float16)
-    store.array("status")[:] = np.ones(R, dtype=np.int8) if status is None else status
-    store.array("committed")[:] = np.ones(R, dtype=bool)
-    meta = dict(store.meta)
-    levels = sorted(set(float(q) for q in ratios))
-    meta["runs"] = {
-        "seed": [0] * R,
-        "cell": [levels.index(float(q)) for q in ratios],
-        "subset": [float(q) for q in ratios],
-        "label_noise": [0.0] * R,
-        "inputs": ["none"] * R,
+    spec = store_mod.ImportSpec("digits", fingerprint, (y_train, y_test), C, (1, 1, 1), arrays, {"format": "test arrays"})
+    store = store_mod.create_imported(path, spec)
+    store_mod.append_runs(store, {"subset": [float(q) for q in ratios]})
+    rows = {
+        "mask/train": mask,
+        "labels/train": np.broadcast_to(y_train if labels_train is None else labels_train, (R, N)).astype(np.int16),
     }
-    store._set_meta(meta)
+    if correct_train is not None:
+        rows["correct/train"] = correct_train
+        rows["correct/test"] = correct_test
+    if logits_train is not None:
+        rows["logits/train"] = logits_train.astype(np.float16)
+        rows["logits/test"] = logits_test.astype(np.float16)
+    if trueprob is not None:
+        rows["trueprob/train"] = trueprob.astype(np.float16)
+    store.write_runs(0, rows, np.ones(R, dtype=np.int8) if status is None else status)
     return manyruns.open(path)
 
 

@@ -52,17 +52,17 @@ def test_missing_dataset_names_files_and_env(tmp_path):
     recipe.write_text(tiny_recipe().replace('dataset = "digits"', 'dataset = "mnist"'))
     env = {k: v for k, v in os.environ.items() if k != "MANYRUNS_DATA"}
     result = subprocess.run([sys.executable, "-m", "manyruns.cli", "plan", str(recipe), str(tmp_path / "s")], capture_output=True, text=True, env=env)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "MANYRUNS_DATA" in result.stderr and "train-images-idx3-ubyte.gz" in result.stderr
     assert "Traceback" not in result.stderr
     result = run("plan", str(recipe), str(tmp_path / "s"), "--data-dir", str(tmp_path / "nowhere"))
-    assert result.returncode == 1 and str(tmp_path / "nowhere" / "mnist") in result.stderr
+    assert result.returncode == 2 and str(tmp_path / "nowhere" / "mnist") in result.stderr
 
 
 def test_unknown_store_is_a_clear_message(tmp_path):
     for command in (["status"], ["train"]):
         result = run(*command, str(tmp_path / "missing"))
-        assert result.returncode == 1
+        assert result.returncode == 2
         assert "no population store" in result.stderr and "manyruns plan" in result.stderr
         assert "Traceback" not in result.stderr
 
@@ -98,7 +98,7 @@ def test_demo_and_its_recipe_make_the_same_population(tmp_path):
     assert summary["seconds"] < 180
     assert 0.85 < summary["knn_accuracy"] <= 1.0
     mem = summary["memorization"]
-    assert mem["runs"] == summary["runs"] and mem["examples"] == 1438
+    assert mem["run_count"] == summary["runs"] and mem["examples"] == 1438
     stored = manyruns.open(out).store.group["analysis/memorization/estimate"][:]
     assert [t["index"] for t in mem["top"]][0] == int(np.nanargmax(stored))
     assert mem["top"][0]["mem"] == float(np.nanmax(stored))

@@ -17,9 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import manyruns
-from manyruns.analysis.cscore import cscore, learning_speed_proxy
-from manyruns.analysis.heldout import MembershipSums, NoHeldoutRunsError, memorization, spearman, split_halves, values_from_logits
-from manyruns.analysis.influence import MaskedProduct, influence, topk_by_value_then_index
+from manyruns.analysis.heldout import cscore, learning_speed_proxy
+from manyruns.analysis.heldout import MembershipSums, NoHeldoutRunsError, memorization, spearman, values_from_logits
+from manyruns.streaming import split_halves
+from manyruns.analysis.heldout import MaskedProduct, influence
+from manyruns.streaming import topk as topk_by_value_then_index
 from manyruns.report.heldout import extremes_grid, extremes_per_class, influence_grid, influence_rows
 
 from .conftest import tiny_recipe
@@ -105,7 +107,7 @@ def test_store_with_only_full_set_runs_is_refused(tmp_path):
         with pytest.raises(NoHeldoutRunsError, match="full training set"):
             fn(pop)
     res = cli("memorization", str(tmp_path / "s"))
-    assert res.returncode == 1
+    assert res.returncode == 2
     assert "full training set" in res.stderr and "nan" not in res.stdout.lower()
 
 
@@ -118,7 +120,7 @@ def test_diverged_runs_are_left_out(tmp_path):
     ok = status == 1
     est, _ = dense_memorization(mask[ok], ctr[ok])
     result = memorization(pop)
-    assert result.runs == 18
+    assert result.run_count == 18
     np.testing.assert_allclose(result.estimate, est, atol=1e-12)
 
 
@@ -129,8 +131,8 @@ def test_influence_matches_dense(synthetic, tmp_path):
     pop, a = synthetic
     k = 5
     # a tiny memory budget forces several column blocks (passes over the runs)
-    result = influence(pop, top=k, infl_threshold=0.1, mem_threshold=0.05, block_size=9, max_block_bytes=4 * 23 * 10, dense=tmp_path / "m.npy")
-    assert result.params["column_width"] < 37
+    result = influence(pop, top=k, infl_threshold=0.1, mem_threshold=0.05, block_size=9, memory_gib=(4 * 23 * 10) / 2**30, dense=tmp_path / "m.npy")
+    assert result.details["column_width"] < 37
     est, se = dense_influence(a["mask"], a["cte"])
     check_topk(result.top_index, result.top_value, est, k)
     valid = result.top_index >= 0
@@ -154,14 +156,14 @@ def test_influence_matches_dense(synthetic, tmp_path):
 
 
 def test_small_tiles_and_the_dense_matrix_in_the_store(synthetic, tmp_path, monkeypatch):
-    import manyruns.analysis.influence as module
+    import manyruns.analysis.heldout.influence_finish as module
 
     pop, a = synthetic
     base = influence(pop, top=4, mem_threshold=0.0, dense=tmp_path / "m.npy")
     monkeypatch.setattr(module, "FINISH_TILE_ELEMENTS", 30)  # 2-3 rows per tile
     monkeypatch.setattr(module, "DENSE_ROWS", 7)  # several row groups
-    tiled = influence(pop, top=4, mem_threshold=0.0, dense="store", max_block_bytes=20 * (4 * 23 + 4 * 23))
-    assert tiled.params["passes"] == 2
+    tiled = influence(pop, top=4, mem_threshold=0.0, dense="store", memory_gib=(20 * (4 * 23 + 4 * 23)) / 2**30)
+    assert tiled.details["passes"] == 2
     assert np.array_equal(tiled.top_index, base.top_index) and np.array_equal(tiled.top_value, base.top_value, equal_nan=True)
     pd.testing.assert_frame_equal(tiled.pairs, base.pairs)
     tiled.save(pop)
@@ -173,25 +175,25 @@ def test_small_tiles_and_the_dense_matrix_in_the_store(synthetic, tmp_path, monk
 
 def test_constant_test_rows_and_the_pair_limit(synthetic):
     pop, a = synthetic
-    result = influence(pop, top=3, max_block_bytes=10 * (4 * 23 + 4 * 23))
+    result = influence(pop, top=3, memory_gib=(10 * (4 * 23 + 4 * 23)) / 2**30)
     # test examples 0 and 1 do not vary: influence 0 on the lowest estimable training examples
-    assert result.params["varying_test_rows"] == 21 and result.params["passes"] > 1
+    assert result.details["varying_test_rows"] == 21 and result.details["passes"] > 1
     assert np.array_equal(result.top_index[:2], [[2, 3, 4], [2, 3, 4]]) and (result.top_value[:2] == 0).all()
     assert (result.top_se[:2] == 0).all()
     # a threshold of 0 lets the constant rows' zeros through
     result = influence(pop, top=3, infl_threshold=0.0, mem_threshold=None, same_label=False)
-    assert result.params["varying_test_rows"] == 23
+    assert result.details["varying_test_rows"] == 23
     est, _ = dense_influence(a["mask"], a["cte"])
-    assert result.params["pairs_found"] == len(result.pairs) == int((est >= 0).sum())
+    assert result.details["pairs_found"] == len(result.pairs) == int((est >= 0).sum())
     capped = influence(pop, top=3, infl_threshold=0.0, mem_threshold=None, same_label=False, max_pairs=50)
-    assert capped.params["pairs_found"] == len(result.pairs) and capped.params["pairs_truncated"] and len(capped.pairs) == 50
+    assert capped.details["pairs_found"] == len(result.pairs) and capped.details["pairs_truncated"] and len(capped.pairs) == 50
     assert np.sort(capped.pairs.infl.to_numpy())[::-1] == pytest.approx(np.sort(result.pairs.infl.to_numpy())[::-1][:50])
 
 
 def test_influence_precisions_agree_exactly(synthetic):
     pop, _ = synthetic
     a = influence(pop, precision="int8", top=4, stability_rows=8)
-    assert a.params["precision"] == influence(pop, top=1).params["precision"] == "int8"
+    assert a.details["precision"] == influence(pop, top=1).details["precision"] == "int8"
     for precision in ("bfloat16", "float32"):
         b = influence(pop, precision=precision, top=4, stability_rows=8)
         assert np.array_equal(a.top_index, b.top_index)
@@ -207,7 +209,7 @@ def test_influence_of_margin_values(tmp_path):
     ytr, yte = rng.integers(0, C, N), rng.integers(0, C, T)
     pop = array_store(tmp_path / "s", mask, ytr, yte, np.full(R, 0.5), logits_train=lt, logits_test=lte)
     result = influence(pop, value="margin", top=3, infl_threshold=0.3, mem_threshold=-10)
-    assert result.params["precision"] == "float32"
+    assert result.details["precision"] == "float32"
     est, se = dense_influence(mask, values_dense(lte, yte, "margin"))
     check_topk(result.top_index, result.top_value, est, 3)
     valid = result.top_index >= 0
@@ -261,8 +263,8 @@ def planted_population(R: int = 40, N: int = 30, T: int = 20):
 def test_pair_split_half_on_planted_pairs(tmp_path):
     mask, ctr, cte, ytr, yte = planted_population()
     pop = array_store(tmp_path / "s", mask, ytr, yte, np.full(40, 0.5), ctr, cte)
-    result = influence(pop, top=3, max_block_bytes=4 * 20 * 2 * 7)  # several column blocks
-    assert result.params["passes"] > 1
+    result = influence(pop, top=3, memory_gib=(4 * 20 * 2 * 7) / 2**30)  # several column blocks
+    assert result.details["passes"] > 1
     assert set(zip(result.pairs.train_index, result.pairs.test_index)) == {(p, p) for p in range(8)}
     s = result.pair_stability
     # the first half (even runs) finds all 8, the second only the 5 that hold in every run
@@ -278,14 +280,14 @@ def test_pair_split_half_matches_the_halves_computed_apart(synthetic):
     pop, a = synthetic
     half = split_halves(np.array(pop.runs.cell), np.arange(40))
     for same_label, width in ((True, 37), (False, 6)):
-        result = influence(pop, top=4, infl_threshold=0.1, mem_threshold=0.05, same_label=same_label, max_block_bytes=4 * 23 * 2 * width)
+        result = influence(pop, top=4, infl_threshold=0.1, mem_threshold=0.05, same_label=same_label, memory_gib=(4 * 23 * 2 * width) / 2**30)
         ref = dense_pair_stability(a["mask"], a["ctr"], a["cte"], half, a["ytr"], a["yte"], 4, 0.1, 0.05, same_label)
         s = result.pair_stability
         both = len(ref["pairs"][0] & ref["pairs"][1])
         assert s.pairs == (len(ref["pairs"][0]), len(ref["pairs"][1])) and s.both == both >= 1
         assert s.topk_entries == ref["topk_entries"] > 20
         assert s.topk_spearman == pytest.approx(ref["topk_spearman"], abs=1e-12)
-        assert s.topk_rows.size == result.params["topk_stability_rows"] == int(np.sum((a["cte"].sum(0) > 0) & (a["cte"].sum(0) < 40)))
+        assert s.topk_rows.size == result.details["topk_stability_rows"] == int(np.sum((a["cte"].sum(0) > 0) & (a["cte"].sum(0) < 40)))
 
 
 def test_pair_split_half_compares_the_top_influencers_of_a_sample_of_test_examples(synthetic):
@@ -295,7 +297,7 @@ def test_pair_split_half_compares_the_top_influencers_of_a_sample_of_test_exampl
     varying = np.flatnonzero((a["cte"].sum(0) > 0) & (a["cte"].sum(0) < 40))
     sampled = {}
     for seed in (0, 1):
-        result = influence(pop, top=4, infl_threshold=0.1, mem_threshold=0.05, max_block_bytes=4 * 23 * 2 * 9, topk_stability_rows=7, seed=seed)
+        result = influence(pop, top=4, infl_threshold=0.1, mem_threshold=0.05, memory_gib=(4 * 23 * 2 * 9) / 2**30, topk_stability_rows=7, seed=seed)
         s = result.pair_stability
         rows = s.topk_rows
         assert rows.size == 7 and np.all(np.isin(rows, varying)) and np.all(np.diff(rows) > 0)
@@ -319,8 +321,8 @@ def test_influence_without_split_halves(synthetic):
     assert alone.stability is None and alone.pair_stability is None and alone.summary()["pair_stability"] is None
     # the halves' products take twice the accumulator memory: half the columns per pass
     budget = 4 * 23 * 2 * 5
-    assert influence(pop, top=3, max_block_bytes=budget).params["column_width"] == 5
-    assert influence(pop, top=3, max_block_bytes=budget, split_half=False).params["column_width"] == 10
+    assert influence(pop, top=3, memory_gib=(budget) / 2**30).details["column_width"] == 5
+    assert influence(pop, top=3, memory_gib=(budget) / 2**30, split_half=False).details["column_width"] == 10
 
 
 def test_max_pairs_any_label_and_their_report(synthetic, tmp_path):
@@ -372,7 +374,7 @@ def test_cscore_matches_dense_and_leaves_out_full_set_runs(tmp_path):
     pop = array_store(tmp_path / "s", mask, ytr, yte, ratio, ctr, cte, trueprob=trueprob)
     result = cscore(pop, block_size=8)
     levels, per, score, se = dense_cscore(mask, ctr, ratio)
-    assert np.allclose(result.ratios, levels) and result.excluded_full_runs == 5 and result.runs == 40
+    assert np.allclose(result.ratios, levels) and result.excluded_full_runs == 5 and result.run_count == 40
     np.testing.assert_allclose(result.per_ratio, per, atol=1e-12)
     np.testing.assert_allclose(result.cscore, score, atol=1e-12)
     np.testing.assert_allclose(result.se, se, atol=1e-12)
@@ -416,7 +418,7 @@ def test_block_size_run_order_and_column_blocks_do_not_change_results(synthetic,
     assert np.array_equal(mem.se, base_mem.se, equal_nan=True)
     assert mem.stability.spearman == base_mem.stability.spearman or np.isnan(base_mem.stability.spearman)
     base = influence(pop, top=3, mem_threshold=0.0, stability_rows=5)
-    other = influence(pop, runs=runs, top=3, mem_threshold=0.0, block_size=block, max_block_bytes=width * (4 * 23 + 4 * 5), stability_rows=5)
+    other = influence(pop, runs=runs, top=3, mem_threshold=0.0, block_size=block, memory_gib=(width * (4 * 23 + 4 * 5)) / 2**30, stability_rows=5)
     assert np.array_equal(other.top_index, base.top_index)
     assert np.array_equal(other.top_value, base.top_value, equal_nan=True)
     pd.testing.assert_frame_equal(other.pairs, base.pairs)
@@ -502,7 +504,7 @@ def test_trained_population_matches_dense_estimates(trained):
     # held-out runs get fewer examples right than runs that trained on them
     assert np.nanmean(mem.estimate) > 0.02 and np.nanmean(mem.mean_in) > np.nanmean(mem.mean_out)
 
-    infl = influence(pop, top=4, mem_threshold=0.25, infl_threshold=0.15, block_size=7, max_block_bytes=4 * 359 * 300)
+    infl = influence(pop, top=4, mem_threshold=0.25, infl_threshold=0.15, block_size=7, memory_gib=(4 * 359 * 300) / 2**30)
     dense_infl = dense_influence_matrix(mask, correct_test)
     check_topk(infl.top_index, infl.top_value, dense_infl, 4)
     j, i = np.nonzero((dense_infl >= 0.15 - 1e-6) & (est[None, :] >= 0.25) & (pop.targets("test")[:, None] == labels[0][None, :]))
@@ -523,7 +525,7 @@ def test_commands_write_tables_summaries_and_grids(trained, tmp_path):
     summary = json.loads(res.stdout)
     table = pd.read_csv(tmp_path / "mem.csv")
     assert list(table.columns[:6]) == ["index", "label", "mem", "se", "n_in", "n_out"] and len(table) == 1438
-    assert summary["runs"] == 24 and summary["stability"]["half_runs"] == [12, 12]
+    assert summary["run_count"] == 24 and summary["stability"]["half_runs"] == [12, 12]
     assert (tmp_path / "mem-grid.png").stat().st_size > 1000
     stored = manyruns.open(trained).store.group["analysis/memorization/estimate"][:]
     np.testing.assert_array_equal(stored, table["mem"].to_numpy())
@@ -567,4 +569,4 @@ def test_extremes_per_class_picks_highest_and_lowest():
 def test_value_needing_logits_on_a_correctness_store_is_a_clear_error(synthetic):
     pop, _ = synthetic
     res = cli("memorization", str(pop.path), "--value", "margin")
-    assert res.returncode == 1 and "correctness only" in res.stderr and "use value 'correct'" in res.stderr
+    assert res.returncode == 2 and "correctness only" in res.stderr and "use value 'correct'" in res.stderr

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 import manyruns
-from manyruns.analysis.cscore import cscore
+from manyruns.analysis.heldout import cscore
 from manyruns.analysis.heldout import memorization
-from manyruns.analysis.influence import influence
+from manyruns.analysis.heldout import influence
 from manyruns.data import load_dataset
 from manyruns.formats.heldout import HeldoutFormatError, export_release, import_release, read_run, scan_release
 
@@ -94,7 +94,7 @@ def test_import_aligns_indices_and_supports_every_estimator(tmp_path):
     est, se = dense_memorization(truth["mask"], truth["ctr"])
     np.testing.assert_allclose(mem.estimate, est, atol=1e-12)
     np.testing.assert_allclose(mem.se, se, atol=1e-12)
-    infl = influence(pop, top=3, max_block_bytes=4 * T * 500)
+    infl = influence(pop, top=3, memory_gib=(4 * T * 500) / 2**30)
     check_topk(infl.top_index, infl.top_value, dense_influence_matrix(truth["mask"], truth["cte"]), 3)
     cs = cscore(pop)
     _, per, score, _ = dense_cscore(truth["mask"], truth["ctr"], truth["ratio"])
@@ -123,7 +123,7 @@ def test_export_then_import_round_trips(tmp_path):
         assert np.array_equal(again.load(name), pop.load(name))
     # exporting into files that exist is refused
     res = cli("export", "heldout", str(tmp_path / "a"), str(tmp_path / "out"))
-    assert res.returncode == 1 and "exists" in res.stderr
+    assert res.returncode == 2 and "exists" in res.stderr
 
 
 def test_export_derives_correctness_from_logits(tmp_path):
@@ -134,7 +134,7 @@ def test_export_derives_correctness_from_logits(tmp_path):
     seen = np.where(rng.random((R, N)) < 0.1, rng.integers(0, C, (R, N)), DIGITS.y_train)
     pop = array_store(tmp_path / "s", mask, DIGITS.y_train, DIGITS.y_test, np.full(R, 0.5), logits_train=lt, logits_test=lte, labels_train=seen)
     info = export_release(pop, tmp_path / "out")
-    assert info["runs"] == 4 and info["ratios"] == {"0.5": 4}
+    assert info["run_count"] == 4 and info["runs"] == [0, 1, 2, 3] and info["ratios"] == {"0.5": 4}
     for r in range(R):
         run = read_run(tmp_path / "out" / "0.5" / str(r) / "aux_arrays.npz", N, T)
         assert np.array_equal(run.mask, mask[r])
@@ -153,7 +153,7 @@ def test_growing_a_store_and_skipping_runs_already_imported(tmp_path):
     pop = manyruns.open(tmp_path / "s")
     assert pop.num_runs == 5 and pop.committed.all()
     assert list(pop.runs.subset) == [0.5, 0.5, 0.2, 0.2, 0.2] and list(pop.runs.cell) == [1, 1, 0, 0, 0]
-    assert memorization(pop).runs == 5
+    assert memorization(pop).run_count == 5
 
 
 def _corrupt(kind: str, folder: Path, rng: np.random.Generator) -> Path:
@@ -220,10 +220,10 @@ def test_bad_layout_is_a_one_line_error(tmp_path):
     make_release(tmp_path / "release", seed=8, per_ratio=1, ratios=("0.5",))
     write_run(tmp_path / "release" / "half" / "0", np.ones(N, dtype=bool), np.ones(N, dtype=bool), np.ones(T, dtype=bool), np.random.default_rng(0))
     res = cli("import", "heldout", str(tmp_path / "release"), str(tmp_path / "s"), "--dataset", "digits")
-    assert res.returncode == 1
+    assert res.returncode == 2
     assert res.stderr.count("\n") == 1 and "half" in res.stderr and "subset ratio" in res.stderr
     res = cli("import", "heldout", str(tmp_path / "nothing"), str(tmp_path / "s"), "--dataset", "digits")
-    assert res.returncode == 1 and "no such directory" in res.stderr
+    assert res.returncode == 2 and "no such directory" in res.stderr
     assert not (tmp_path / "s").exists()
 
 
@@ -244,7 +244,7 @@ def test_a_training_part_that_does_not_match_its_ratio_directory_is_refused(tmp_
     assert str(bad) in message and "subset ratio 0.3" in message and f"fraction {round(0.9 * N) / N:.4f}" in message
     assert not (tmp_path / "store").exists()
     res = cli("import", "heldout", str(tmp_path / "release"), str(tmp_path / "store"), "--dataset", "digits")
-    assert res.returncode == 1 and res.stderr.count("\n") == 1 and "subset ratio 0.3" in res.stderr
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "subset ratio 0.3" in res.stderr
     assert not (tmp_path / "store").exists()
 
 
@@ -285,7 +285,7 @@ def test_commands_on_stores_of_one_or_two_runs(tmp_path, per_ratio, ratios):
     assert ("median standard error n/a" in text["cscore"].stdout) == (per_ratio == 1)
     assert not any(re.search(r"\bnan\b", res.stdout) for res in text.values())  # "NaN for ... examples" notes are fine
     summaries = {c: json.loads(cli(c, store, "--json", "--no-grid").stdout) for c in text}
-    assert all(s["runs"] == runs for s in summaries.values())
+    assert all(s["run_count"] == runs for s in summaries.values())
     assert summaries["memorization"]["median_se"] is None and (summaries["memorization"]["mean"] is None) == (runs == 1)
     assert summaries["influence"]["pair_stability"]["topk_spearman"] is None
     assert (summaries["cscore"]["median_se"] is None) == (per_ratio == 1)
@@ -295,6 +295,6 @@ def test_learning_speed_on_an_imported_store_says_releases_carry_no_probabilitie
     make_release(tmp_path / "release", seed=13, per_ratio=2, ratios=("0.3", "0.7"))
     import_release(tmp_path / "release", tmp_path / "s", "digits")
     res = cli("cscore", str(tmp_path / "s"), "--learning-speed", "--no-grid")
-    assert res.returncode == 1 and res.stderr.count("\n") == 1
+    assert res.returncode == 2 and res.stderr.count("\n") == 1
     assert "this store holds no per-epoch true-class probabilities" in res.stderr and "imported (heldout-release)" in res.stderr
     assert "imported releases carry none" in res.stderr and "record.true_prob" not in res.stderr

@@ -17,6 +17,7 @@ from scipy.spatial.distance import cdist
 from typer.testing import CliRunner
 
 from manyruns.analysis.interpolation import (
+    InterpolationOptions,
     BlockCholesky,
     BlockJacobi,
     PackedKernel,
@@ -34,7 +35,13 @@ from manyruns.analysis.interpolation import (
     solve_exact,
 )
 from manyruns.cli import app
+from manyruns.cli.common import flag_of
 from manyruns.data import load_dataset
+
+
+def flags(error) -> str:
+    """An option error as the command line words it (flags for parameters)."""
+    return error.worded(names=lambda p: flag_of(p, {}))
 
 
 def dense_kernel(a: np.ndarray, b: np.ndarray, bandwidth: float) -> np.ndarray:
@@ -122,7 +129,7 @@ def test_interpolation_on_digits_matches_the_published_computation(digits):
     targets = np.eye(10)[y]
     coefficients = scipy.linalg.solve(dense_kernel(x, x, bandwidth), targets)
     predictions = (dense_kernel(xt, x, bandwidth) @ coefficients).argmax(1)
-    result = interpolate_dataset("digits", bandwidth, "exact")
+    result = interpolate_dataset("digits", bandwidth=bandwidth, solver="exact")
     assert result.n_train == len(x) and result.n_test == len(xt)
     assert result.test_error == pytest.approx(np.mean(predictions != yt), abs=0.5 / len(yt))
     assert result.train_error == 0.0
@@ -187,8 +194,8 @@ def test_float32_packed_solve_is_close_on_a_well_conditioned_problem(digits):
 
 def test_interpolate_takes_subsets_in_order(digits):
     x, y, xt, yt = digits
-    result = interpolate_dataset("digits", 0.1, "exact", subset=150)
-    direct = interpolate(x[:150], y[:150], xt, yt, 0.1, "exact", classes=10)
+    result = interpolate_dataset("digits", bandwidth=0.1, solver="exact", subset=150)
+    direct = interpolate(x[:150], y[:150], xt, yt, bandwidth=0.1, solver="exact", classes=10)
     assert result.n_train == 150 and result.test_error == direct.test_error
 
 
@@ -198,15 +205,15 @@ def test_interpolate_takes_subsets_in_order(digits):
 @pytest.mark.parametrize("bandwidth", [0.0, -0.02, float("nan"), float("inf")])
 def test_bandwidth_must_be_positive(bandwidth):
     with pytest.raises(ValueError, match="bandwidth must be a positive number"):
-        interpolate_dataset("digits", bandwidth)
+        interpolate_dataset("digits", bandwidth=bandwidth)
 
 
 def test_a_matrix_that_does_not_fit_is_refused_with_the_memory_it_needs():
     # 60,000 MNIST-sized points: one triangle of the float64 matrix in block columns of 1,024
     # is 14.6 GB; refused at 8 GB without touching any data.
     with pytest.raises(ValueError) as err:
-        check_request(60_000, 10_000, 784, 10, 0.02, "exact", memory_limit=8 * 10**9)
-    message = str(err.value)
+        check_request(60_000, 10_000, 784, 10, InterpolationOptions(bandwidth=0.02, solver="exact", memory_gib=8 * 10**9 / 2**30))
+    message = flags(err.value)
     assert "needs about 16.3 GB" in message and "8.0 GB is available" in message
     assert "the float64 kernel matrix (one triangle, in block columns) 14.6 GB" in message
     assert "use --subset N, --precision float32 or --solver cg" in message
@@ -224,18 +231,18 @@ def test_a_matrix_that_does_not_fit_is_refused_with_the_memory_it_needs():
 @pytest.mark.parametrize("matrix", ["auto", "on-the-fly"])
 def test_a_cg_refusal_names_what_it_holds_and_suggests_only_what_helps(matrix):
     with pytest.raises(ValueError) as err:
-        check_request(60_000, 10_000, 784, 10, 0.02, "cg", matrix=matrix, memory_limit=2 * 10**9)
-    message = str(err.value)
+        check_request(60_000, 10_000, 784, 10, InterpolationOptions(bandwidth=0.02, solver="cg", matrix=matrix, memory_gib=2 * 10**9 / 2**30))
+    message = flags(err.value)
     assert "needs about 3.4 GB (no kernel matrix (recomputed at every product), preconditioner blocks 1.9 GB," in message
     assert "pixels and targets 477.4 MB, a fixed 314.6 MB for the interpreter and its libraries) but 2.0 GB is available" in message
     assert "0 bytes" not in message and "--matrix on-the-fly" not in message
     assert message.endswith("use --subset N, a smaller --block-size or --preconditioner none")
     with pytest.raises(ValueError) as err:
-        check_request(60_000, 10_000, 784, 10, 0.02, "cg", matrix=matrix, preconditioner="none", memory_limit=10**9)
-    assert "preconditioner" not in str(err.value) and str(err.value).endswith("is available; use --subset N")
+        check_request(60_000, 10_000, 784, 10, InterpolationOptions(bandwidth=0.02, solver="cg", matrix=matrix, preconditioner="none", memory_gib=10**9 / 2**30))
+    assert "preconditioner" not in flags(err.value) and flags(err.value).endswith("is available; use --subset N")
     with pytest.raises(ValueError) as err:
-        check_request(60_000, 10_000, 784, 10, 0.02, "cg", matrix="packed", memory_limit=8 * 10**9)
-    assert "the packed float64 kernel matrix 14.4 GB" in str(err.value) and "--matrix on-the-fly" in str(err.value)
+        check_request(60_000, 10_000, 784, 10, InterpolationOptions(bandwidth=0.02, solver="cg", matrix="packed", memory_gib=8 * 10**9 / 2**30))
+    assert "the packed float64 kernel matrix 14.4 GB" in flags(err.value) and "--matrix on-the-fly" in flags(err.value)
 
 
 def test_the_estimate_for_a_small_problem_is_its_fixed_allowance_and_a_bound():
@@ -254,16 +261,16 @@ def test_the_estimate_for_a_small_problem_is_its_fixed_allowance_and_a_bound():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"bandwidth": 0.0}, "--bandwidth must be a positive number, got 0.0"),
-        ({"subset": 0}, "--subset must be at least 1"),
-        ({"solver": "lu"}, "--solver must be one of exact, cg"),
-        ({"precision": "float16"}, "--precision must be one of"),
-        ({"matrix": "dense"}, "--matrix must be one of"),
-        ({"preconditioner": "ilu"}, "--preconditioner must be"),
-        ({"tol": 0.0}, "--tol must be positive"),
-        ({"max_iter": 0}, "--max-iter must be at least 1"),
-        ({"block_size": 0}, "--block-size must be at least 1"),
-        ({"memory_limit": -1}, "--memory-limit must be positive"),
+        ({"bandwidth": 0.0}, "bandwidth must be a positive number, got 0.0"),
+        ({"subset": 0}, "subset must be at least 1"),
+        ({"solver": "lu"}, "solver must be one of exact, cg"),
+        ({"precision": "float16"}, "precision must be one of"),
+        ({"matrix": "dense"}, "matrix must be one of"),
+        ({"preconditioner": "ilu"}, "preconditioner must be"),
+        ({"tol": 0.0}, "tol must be positive"),
+        ({"max_iter": 0}, "max_iter must be at least 1"),
+        ({"block_size": 0}, "block_size must be at least 1"),
+        ({"memory_gib": -1}, "memory_gib must be positive"),
     ],
 )
 def test_options_are_checked_before_the_dataset_is_loaded(tmp_path, kwargs, message):
@@ -276,17 +283,17 @@ def test_options_are_checked_before_the_dataset_is_loaded(tmp_path, kwargs, mess
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"subset": 0}, "--subset must be at least 1"),
+        ({"subset": 0}, "subset must be at least 1"),
         ({"subset": 5000}, "exceeds the 1,438 training examples"),
-        ({"solver": "lu"}, "--solver must be one of exact, cg"),
-        ({"precision": "float16"}, "--precision must be one of"),
-        ({"tol": 0.0}, "--tol must be positive"),
-        ({"matrix": "dense"}, "--matrix must be one of"),
+        ({"solver": "lu"}, "solver must be one of exact, cg"),
+        ({"precision": "float16"}, "precision must be one of"),
+        ({"tol": 0.0}, "tol must be positive"),
+        ({"matrix": "dense"}, "matrix must be one of"),
     ],
 )
 def test_bad_options_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        interpolate_dataset("digits", 0.02, **kwargs)
+        interpolate_dataset("digits", bandwidth=0.02, **kwargs)
 
 
 # -------------------------------------------------------------------------------------- CLI
@@ -306,19 +313,23 @@ def test_cli_interpolate_json_and_errors():
     assert "CG:" in out.stdout and "iterations" in out.stdout and "relative residual" in out.stdout
 
     out = runner.invoke(app, ["interpolate", "--dataset", "digits", "--bandwidth", "0"])
-    assert out.exit_code == 1 and out.stderr.strip() == "error: --bandwidth must be a positive number, got 0.0"
+    assert out.exit_code == 2 and out.stderr.strip() == "error: --bandwidth must be a positive number, got 0.0"
 
-    out = runner.invoke(app, ["interpolate", "--dataset", "digits", "--memory-limit", "0.001"])
-    assert out.exit_code == 1
+    out = runner.invoke(app, ["interpolate", "--dataset", "digits", "--memory-gib", repr(0.001e9 / 2**30)])
+    assert out.exit_code == 2
     assert "needs about" in out.stderr and "1.0 MB is available" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    # the old option, in decimal GB, still works for a release, with a note
+    out = runner.invoke(app, ["interpolate", "--dataset", "digits", "--memory-limit", "0.001"])
+    note, error = out.stderr.strip().splitlines()
+    assert out.exit_code == 2 and "--memory-limit is deprecated" in note and "1.0 MB is available" in error
 
     out = runner.invoke(app, ["interpolate", "--dataset", "digits", "--kernel", "laplace"])
-    assert out.exit_code == 1 and "only rbf" in out.stderr
+    assert out.exit_code == 2 and "--kernel must be one of rbf" in out.stderr
 
 
 def test_cli_interpolate_checks_the_bandwidth_before_loading_the_data(tmp_path):
     out = CliRunner().invoke(app, ["interpolate", "--dataset", "mnist", "--data-dir", str(tmp_path), "--bandwidth", "0"])
-    assert out.exit_code == 1 and out.stderr.strip() == "error: --bandwidth must be a positive number, got 0.0"
+    assert out.exit_code == 2 and out.stderr.strip() == "error: --bandwidth must be a positive number, got 0.0"
 
 
 def test_cli_cg_warns_on_stderr_when_the_matrix_does_not_fit():
@@ -328,7 +339,7 @@ def test_cli_cg_warns_on_stderr_when_the_matrix_does_not_fit():
     without = memory_plan(n, 359, 64, 10, "cg", matrix="on-the-fly", available=1)
     limit = without.total + packed_bytes(n) // 2
     args = ["interpolate", "--dataset", "digits", "--subset", str(n), "--solver", "cg", "--bandwidth", "0.3", "--json"]
-    out = CliRunner().invoke(app, [*args, "--memory-limit", repr(limit / 1e9)])
+    out = CliRunner().invoke(app, [*args, "--memory-gib", repr(limit / 2**30)])
     assert out.exit_code == 0, out.output
     assert json.loads(out.stdout)["matrix_mode"] == "on-the-fly"
     lines = out.stderr.strip().splitlines()
@@ -339,7 +350,7 @@ def test_cli_cg_warns_on_stderr_when_the_matrix_does_not_fit():
     flops = 300 * 300 * 64 + 2 * 300 * 300 * 10
     assert f"up to 500 products x {flops:.1e} FLOPs = {500 * flops:.1e} FLOPs" in line
     assert "use --subset N or run with more memory" in line
-    out = CliRunner().invoke(app, [*args, "--memory-limit", repr((without.total + packed_bytes(n)) / 1e9)])
+    out = CliRunner().invoke(app, [*args, "--memory-gib", repr((without.total + packed_bytes(n)) / 2**30)])
     assert out.exit_code == 0 and out.stderr == ""
     assert json.loads(out.stdout)["matrix_mode"] == "packed"
 
@@ -350,9 +361,9 @@ def test_interpolate_warns_before_solving_only_when_auto_falls_back(digits):
     limit = memory_plan(200, len(xt), 64, 10, "cg", matrix="on-the-fly", available=1).total
     without = memory_plan(200, len(xt), 64, 10, "cg", available=limit)
     lines = []
-    result = interpolate(x, y, xt, yt, 0.3, "cg", classes=10, memory_limit=limit, warn=lines.append)
+    result = interpolate(x, y, xt, yt, bandwidth=0.3, solver="cg", classes=10, memory_gib=limit / 2**30, warn=lines.append)
     assert result.matrix_mode == "on-the-fly" and lines == [on_the_fly_warning(without, 200, 64, 10, 500)]
     for matrix in ("on-the-fly", "packed"):
-        result = interpolate(x, y, xt, yt, 0.3, "cg", classes=10, matrix=matrix, warn=lines.append)
+        result = interpolate(x, y, xt, yt, bandwidth=0.3, solver="cg", classes=10, matrix=matrix, warn=lines.append)
         assert result.matrix_mode == matrix
     assert len(lines) == 1

@@ -21,25 +21,23 @@ from hypothesis import strategies as st
 from scipy.special import logsumexp, softmax
 
 import manyruns
-from manyruns.analysis.ensemble import doubling_sizes, ensemble_accuracy, ensemble_curve
+from manyruns.analysis.ensemble import ensemble_accuracy, ensemble_curve
 from manyruns.analysis.kernel import (
     ArrayLogits,
     ColumnMoments,
     KernelOptions,
     Workspace,
     column_moments,
-    Neighbours,
     PopulationLogits,
     kernel_matrix,
     kernel_topk,
-    load_neighbours,
-    neighbours,
     plan_memory,
-    save_neighbours,
-    stored_or_computed,
 )
 from manyruns.analysis.knn import knn_accuracy, knn_evaluate, knn_predict
-from manyruns.analysis.pairs import drop_mirrored, feature_neighbours, kernel_vs_features_grid, neighbour_grid, parse_ranks, rank_pairs, select_ranks
+from manyruns.analysis.neighbours import Neighbours, load_neighbours, neighbours, stored_or_computed
+from manyruns.analysis.pairs import drop_mirrored, feature_neighbours, parse_ranks, rank_pairs, select_ranks
+from manyruns.report.pairs import kernel_vs_features_grid, neighbour_grid
+from manyruns.streaming import doubling_sizes
 from manyruns.data import load_dataset
 from manyruns.formats.multirun import import_multirun_logits
 from manyruns.store import StoreError
@@ -127,7 +125,7 @@ def imported(tmp_path_factory, digits):
 
 @pytest.fixture(scope="module")
 def logits(imported):
-    return imported.load("logits/train", "all"), imported.load("logits/test", "all")
+    return np.asarray(imported.array("logits/train")[:]), np.asarray(imported.array("logits/test")[:])
 
 
 @pytest.fixture(scope="module")
@@ -227,12 +225,12 @@ def test_topk_is_the_argsort_of_the_dense_kernel(imported, logits, dense):
 
 def test_memory_budget_bounds_the_accumulator_not_the_runs():
     for runs in (10, 1000, 100000):
-        plan = plan_memory(runs, 10000, 50000, 10, 10, KernelOptions(memory_gb=1.0), False)
+        plan = plan_memory(runs, 10000, 50000, 10, 10, KernelOptions(memory_gib=1.0), False)
         assert 10000 * plan.tile * 4 <= 2**30 / 2 + 1
         assert plan.block_runs * 2 * 10 * 60000 <= 2**30
     small = ArrayLogits(*[np.random.default_rng(1).normal(size=(4, n, 10)).astype(np.float16) for n in (200, 50)])
-    tiny = kernel_topk(small, 3, "test", KernelOptions(memory_gb=2e-5))  # forces tiles of train examples
-    assert plan_memory(4, 50, 200, 10, 10, KernelOptions(memory_gb=2e-5), False).tile < 200
+    tiny = kernel_topk(small, 3, "test", KernelOptions(memory_gib=2e-5))  # forces tiles of train examples
+    assert plan_memory(4, 50, 200, 10, 10, KernelOptions(memory_gib=2e-5), False).tile < 200
     whole = kernel_topk(small, 3, "test")
     assert np.array_equal(tiny.indices, whole.indices) and np.allclose(tiny.values, whole.values, atol=1e-6)
 
@@ -254,26 +252,26 @@ def test_clear_errors(tmp_path, imported, write_recipe):
     store = tmp_path / "nologits"
     manyruns.plan(write_recipe(tiny_recipe(runs=2).replace('logits = ["train", "test"]', "logits = []")), store)
     with pytest.raises(StoreError, match="needs logits/train and logits/test"):
-        neighbours(manyruns.open(store), 3)
+        neighbours(manyruns.open(store), k=3)
     # planned but not trained: no committed runs
     store = tmp_path / "untrained"
     manyruns.plan(write_recipe(tiny_recipe(runs=2), "u.toml"), store)
     result = cli("knn", str(store))
-    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "at least 2 runs" in lines[0]
+    assert len(lines) == 1 and "selects no runs" in lines[0]
 
 
 def test_neighbours_are_kept_in_the_store_and_reused(imported):
-    nb = neighbours(imported, 6, runs=5)
-    where = save_neighbours(imported, nb)
+    nb = neighbours(imported, k=6, runs=5)
+    where = nb.save(imported)
     assert where == "analysis/kernel-test"
     back = load_neighbours(imported)
     assert np.array_equal(back.indices, nb.indices) and np.array_equal(back.runs, np.arange(5))
-    assert back.params["k"] == 6 and back.params["log_softmax"] is True
-    reused = stored_or_computed(imported, 4, runs=5)
+    assert back.options.k == 6 and back.options.log_softmax is True
+    reused = stored_or_computed(imported, k=4, runs=5)
     assert np.array_equal(reused.indices, nb.indices[:, :4])
-    other = stored_or_computed(imported, 4, runs=6)  # other runs: computed afresh
+    other = stored_or_computed(imported, k=4, runs=6)  # other runs: computed afresh
     assert not np.array_equal(other.runs, back.runs)
 
 
@@ -287,13 +285,13 @@ def test_knn_matches_a_brute_force_loop(k, power, seed):
     train_labels = rng.integers(0, 3, size=20)  # few classes: many ties
     indices = np.stack([rng.permutation(20)[:6] for _ in range(40)])
     values = -np.sort(-rng.choice([-0.2, 0.1, 0.3, 0.5], size=(40, 6)), axis=1).astype(np.float32)
-    nb = Neighbours(indices, values)
+    nb = Neighbours(indices=indices, values=values)
     predicted = knn_predict(nb, train_labels, 3, k, power)
     assert np.array_equal(predicted, brute_force_knn(indices, values, train_labels, 3, k, power))
 
 
 def test_knn_ties_go_to_the_nearest_neighbour():
-    nb = Neighbours(np.array([[0, 1, 2, 3]]), np.array([[0.9, 0.8, 0.7, 0.6]], dtype=np.float32))
+    nb = Neighbours(indices=np.array([[0, 1, 2, 3]]), values=np.array([[0.9, 0.8, 0.7, 0.6]], dtype=np.float32))
     labels = np.array([2, 1, 1, 2])
     assert knn_predict(nb, labels, 3, k=4)[0] == 2  # 2 votes each: the nearest is class 2
     assert knn_predict(nb, labels, 3, k=3)[0] == 1
@@ -339,7 +337,7 @@ def test_ensemble_curve_matches_direct_averaging(imported, logits, block):
 
 
 def test_rank_pairs_and_failure_filter():
-    nb = Neighbours(np.array([[4, 1], [2, 0], [3, 3], [0, 1]]), np.array([[0.5, 0.1], [0.9, 0.2], [0.7, 0.6], [0.2, 0.1]], dtype=np.float32))
+    nb = Neighbours(indices=np.array([[4, 1], [2, 0], [3, 3], [0, 1]]), values=np.array([[0.5, 0.1], [0.9, 0.2], [0.7, 0.6], [0.2, 0.1]], dtype=np.float32))
     y_query, y_train = np.array([0, 1, 2, 1]), np.array([3, 1, 1, 2, 0])
     table = rank_pairs(nb, y_query, y_train)
     assert list(table.columns) == ["rank", "test_index", "train_index", "kernel", "test_label", "train_label"]
@@ -367,7 +365,7 @@ def test_feature_neighbours_match_numpy_distances():
 
 def test_grids_on_a_trained_population(tmp_path, trained):
     data = trained.dataset()
-    nb = neighbours(trained, 9)
+    nb = neighbours(trained, k=9)
     table = rank_pairs(nb, trained.targets("test"), trained.targets("train"))
     path = neighbour_grid(select_ranks(table, 1, 16), nb, data.x_test, data.x_train, data.y_train, data.classes, tmp_path / "pairs.png", 1)
     assert path.stat().st_size > 1000
@@ -397,11 +395,11 @@ def test_cli_commands(tmp_path, trained):
     assert result.exit_code == 0, result.output
     saved = np.load(tmp_path / "nb.npz")
     assert saved["indices"].dtype == np.int64 and saved["values"].dtype == np.float32 and saved["indices"].shape == (359, 5)
-    nb = neighbours(manyruns.open(store), 5)
+    nb = neighbours(manyruns.open(store), k=5)
     assert np.array_equal(saved["indices"], nb.indices)
     assert json.loads(result.stdout)["stored"] == "analysis/kernel-test"
 
-    result = invoke("knn", store, "--k", "3", "--runs", "2,6", "--json")
+    result = invoke("knn", store, "--k", "3", "--sizes", "2,6", "--json")
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)
     assert {"accuracy", "ensemble_accuracy", "by_runs"} <= set(info)
@@ -422,21 +420,6 @@ def test_cli_commands(tmp_path, trained):
     assert result.exit_code == 0, result.output
     failures = pd.read_csv(tmp_path / "f.csv")
     assert (failures.test_label != failures.train_label).all() and (tmp_path / "f.png").is_file()
-
-
-@SETTINGS
-@given(k=st.integers(1, 20), width=st.integers(1, 3000), seed=st.integers(0, 2**16))
-def test_row_topk_equals_a_full_sort(k, width, seed):
-    import torch
-
-    from manyruns.analysis.kernel import row_topk
-
-    k = min(k, width)
-    values = torch.from_numpy(np.random.default_rng(seed).normal(size=(6, width)).astype(np.float32))
-    top, where = row_topk(values, k, chunk=8)
-    expected = np.argsort(-values.numpy(), axis=1, kind="stable")[:, :k]
-    assert np.array_equal(where.numpy(), expected)
-    assert np.array_equal(top.numpy(), np.take_along_axis(values.numpy(), expected, axis=1))
 
 
 # ------------------------------------------------------------------------- CLI options
@@ -466,20 +449,21 @@ def test_cli_kernel_options_match_the_api(tmp_path, own_store, args, api, stored
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)
     pop = manyruns.open(own_store)
-    expected = neighbours(pop, 5, **api)
+    expected = neighbours(pop, k=5, **api)
     saved = np.load(out)
     assert saved["indices"].dtype == np.int64 and saved["values"].dtype == np.float32
     assert np.array_equal(saved["indices"], expected.indices) and np.array_equal(saved["values"], expected.values)
     queries = api.get("queries", "test")
     runs = api.get("runs", pop.num_runs)
     assert saved["indices"].shape == (pop.targets(queries).size, 5)
-    assert info["stored"] == stored and info["runs"] == runs and info["queries"] == queries and info["queries_count"] == pop.targets(queries).size
-    assert info["log_softmax"] is api.get("log_softmax", True) and info["classes"] == api.get("classes")
+    assert info["stored"] == stored and info["run_count"] == runs and info["queries"] == queries and info["queries_count"] == pop.targets(queries).size
+    assert info["runs"] == list(range(runs))
+    assert info["options"]["log_softmax"] is api.get("log_softmax", True) and info["options"]["classes"] == api.get("classes")
     kept = load_neighbours(pop, stored.split("/", 1)[1])
     assert np.array_equal(kept.indices, expected.indices) and np.array_equal(kept.runs, np.arange(runs))
     if queries == "train":
         assert not (saved["indices"] == np.arange(pop.targets("train").size)[:, None]).any()
-    default = neighbours(pop, 5)
+    default = neighbours(pop, k=5)
     assert not np.array_equal(saved["values"], default.values)  # the option reached the kernel
 
 
@@ -487,15 +471,15 @@ def test_cli_knn_power_matches_the_api(own_store):
     pop = manyruns.open(own_store)
     y_train, y_test = pop.targets("train"), pop.targets("test")
     for power in ("0", "4"):
-        result = invoke("knn", str(own_store), "--k", "5", "--power", power, "--runs", "3,6", "--json")
+        result = invoke("knn", str(own_store), "--k", "5", "--power", power, "--sizes", "3,6", "--json")
         assert result.exit_code == 0, result.output
         info = json.loads(result.stdout)
-        expected = knn_evaluate(pop, 5, float(power), [3, 6])
+        expected = knn_evaluate(pop, k=5, power=float(power), sizes=[3, 6])
         assert info["power"] == float(power) and info["k"] == 5
         assert info["accuracy"] == expected.accuracy and info["ensemble_accuracy"] == expected.ensemble_accuracy
         assert info["by_runs"] == expected.by_runs
-        assert info["accuracy"] == knn_accuracy(neighbours(pop, 5), y_train, y_test, pop.classes, 5, float(power))
-        assert info["by_runs"][0]["accuracy"] == knn_accuracy(neighbours(pop, 5, runs=3), y_train, y_test, pop.classes, 5, float(power))
+        assert info["accuracy"] == knn_accuracy(neighbours(pop, k=5), y_train, y_test, pop.classes, 5, float(power))
+        assert info["by_runs"][0]["accuracy"] == knn_accuracy(neighbours(pop, k=5, runs=3), y_train, y_test, pop.classes, 5, float(power))
         assert dict(pop.store.group["analysis/knn"].attrs["params"])["power"] == float(power)
 
 
@@ -507,7 +491,7 @@ def test_experiment_counts_training_pairs_over_queries_and_distinct_pairs(traine
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     # 0 <-> 1 and 2 <-> 3 are each other's nearest; 4's nearest is 0
-    nb = Neighbours(np.array([[1], [0], [3], [2], [0]]), np.array([[0.9], [0.9], [0.8], [0.8], [0.5]], dtype=np.float32))
+    nb = Neighbours(indices=np.array([[1], [0], [3], [2], [0]]), values=np.array([[0.9], [0.9], [0.8], [0.8], [0.5]], dtype=np.float32))
     table, counts = script.train_pair_counts(nb, np.array([0, 1, 0, 0, 1]))
     assert counts["queries"] == 5 and counts["distinct_pairs"] == 3 == len(table)
     assert counts["nearest_label_differs"] == {"queries": 3, "distinct_pairs": 2}
@@ -516,7 +500,7 @@ def test_experiment_counts_training_pairs_over_queries_and_distinct_pairs(traine
     assert counts["top1_kernel"]["max"] == pytest.approx(0.9)
     # on a real population: the count over queries is that of every train example's nearest
     y = trained.targets("train")
-    nb = neighbours(trained, 1, "train")
+    nb = neighbours(trained, k=1, queries="train")
     table, counts = script.train_pair_counts(nb, y)
     assert counts["queries"] == y.size and counts["nearest_label_differs"]["queries"] == int((y[nb.indices[:, 0]] != y).sum())
     assert counts["distinct_pairs"] == len(table) == len(drop_mirrored(rank_pairs(nb, y, y, query_name="query"))) < y.size
@@ -532,13 +516,13 @@ CUDA_OPTIONS = [
     KernelOptions(classes=(3,)),
     KernelOptions(classes=(0, 2), log_softmax=False),
     KernelOptions(block_runs=2, tile=300),
-    KernelOptions(memory_gb=2e-4),
+    KernelOptions(memory_gib=2e-4),
 ]
 
 
 @needs_cuda
 @pytest.mark.parametrize("queries", ["test", "train"])
-@pytest.mark.parametrize("options", CUDA_OPTIONS, ids=lambda o: f"ls{int(o.log_softmax)}-c{o.classes}-b{o.block_runs}-t{o.tile}-m{o.memory_gb}")
+@pytest.mark.parametrize("options", CUDA_OPTIONS, ids=lambda o: f"ls{int(o.log_softmax)}-c{o.classes}-b{o.block_runs}-t{o.tile}-m{o.memory_gib}")
 def test_cuda_kernel_matches_cpu(imported, queries, options):
     source = PopulationLogits(imported)
     cpu = kernel_matrix(source, queries, options)
@@ -565,18 +549,18 @@ def test_cuda_moments_bfloat16_and_workspace_match_cpu(imported):
     fast = kernel_topk(source, 5, "test", KernelOptions(precision="bfloat16", device="cuda"))
     assert np.abs(fast.values - exact.values).max() < 0.01 and np.mean(fast.indices[:, 0] == exact.indices[:, 0]) > 0.9
     ws = Workspace("cuda")
-    first = neighbours(imported, 5, device="cuda", workspace=ws)
-    again = neighbours(imported, 5, runs=4, device="cuda", workspace=ws)
-    for nb, runs in ((first, None), (again, 4)):
-        cpu = neighbours(imported, 5, runs=runs)
+    first = neighbours(imported, k=5, device="cuda", workspace=ws)
+    again = neighbours(imported, k=5, runs=4, device="cuda", workspace=ws)
+    for nb, runs in ((first, "ok"), (again, 4)):
+        cpu = neighbours(imported, k=5, runs=runs)
         assert np.abs(nb.values - cpu.values).max() < 2e-5 and np.array_equal(nb.runs, cpu.runs)
 
 
 @needs_cuda
 def test_cuda_knn_and_cli_match_cpu(tmp_path, imported):
     n_test = imported.targets("test").size
-    cpu = knn_evaluate(imported, 3, 4.0, [2, 4])
-    gpu = knn_evaluate(imported, 3, 4.0, [2, 4], device="cuda")
+    cpu = knn_evaluate(imported, k=3, power=4.0, sizes=[2, 4])
+    gpu = knn_evaluate(imported, k=3, power=4.0, sizes=[2, 4], device="cuda")
     for a, b in zip([cpu.accuracy] + [r["accuracy"] for r in cpu.by_runs], [gpu.accuracy] + [r["accuracy"] for r in gpu.by_runs]):
         assert abs(a - b) <= 1 / n_test + 1e-12
     store = tmp_path / "store"
@@ -584,7 +568,7 @@ def test_cuda_knn_and_cli_match_cpu(tmp_path, imported):
     result = invoke("kernel", str(store), "--k", "5", "--device", "cuda", "--queries", "train", "--out", str(tmp_path / "nb.npz"))
     assert result.exit_code == 0, result.output
     saved = np.load(tmp_path / "nb.npz")
-    expected = neighbours(imported, 5, "train")
+    expected = neighbours(imported, k=5, queries="train")
     assert np.abs(saved["values"] - expected.values).max() < 2e-5
     assert not (saved["indices"] == np.arange(imported.targets("train").size)[:, None]).any()
     result = invoke("knn", str(store), "--k", "3", "--power", "4", "--device", "cuda", "--json")

@@ -41,12 +41,12 @@ def test_import_keeps_logits_accs_code_and_appends(tmp_path, cifar):
 
     pop = manyruns.open(store)
     assert pop.num_runs == 5 and pop.committed.all() and (pop.runs.status == "ok").all()
-    test = pop.load("logits/test", "all")
+    test = np.asarray(pop.array("logits/test")[:])
     assert np.array_equal(test[:3], a["logits"].numpy()) and np.array_equal(test[3:], b["logits"].numpy())
-    assert np.array_equal(pop.load("logits/train", "all")[3:], b["logits_train"].numpy())
-    tta = pop.load("logits/test_tta", "all")
+    assert np.array_equal(np.asarray(pop.array("logits/train")[:])[3:], b["logits_train"].numpy())
+    tta = np.asarray(pop.array("logits/test_tta")[:])
     assert np.array_equal(tta[:3], a["logits_tta"].numpy()) and np.isnan(tta[3:].astype(np.float32)).all()
-    assert np.allclose(pop.load("accs", "all"), np.concatenate([a["accs"].numpy(), b["accs"].numpy()]))
+    assert np.allclose(np.asarray(pop.array("accs")[:]), np.concatenate([a["accs"].numpy(), b["accs"].numpy()]))
     # the summary's accuracy is recomputed from the logits and the dataset's labels
     expected = (test.astype(np.float32).argmax(-1) == data.y_test).mean(1)
     assert np.allclose(pop.runs.test_acc.to_numpy(), expected)
@@ -73,14 +73,14 @@ def test_bad_file_names_file_and_shapes_and_appends_nothing(tmp_path, cifar, ove
     write_log(tmp_path / "good.pt", 2, data.y_train, data.y_test)
     store = tmp_path / "c10"
     import_multirun_logits([tmp_path / "good.pt"], store, "cifar10", root)
-    before = manyruns.open(store).load("logits/test", "all")
+    before = np.asarray(manyruns.open(store).array("logits/test")[:])
     write_log(tmp_path / "more.pt", 2, data.y_train, data.y_test, seed=5)
     write_log(tmp_path / "bad.pt", 2, data.y_train, data.y_test, **overrides)
     with pytest.raises(MultirunFormatError) as info:
         import_multirun_logits([tmp_path / "more.pt", tmp_path / "bad.pt"], store, "cifar10", root)
     assert str(tmp_path / "bad.pt") in str(info.value) and message in str(info.value)
     pop = manyruns.open(store)
-    assert pop.num_runs == 2 and np.array_equal(pop.load("logits/test", "all"), before)
+    assert pop.num_runs == 2 and np.array_equal(np.asarray(pop.array("logits/test")[:]), before)
     # a first import that fails creates no store
     with pytest.raises(MultirunFormatError):
         import_multirun_logits([tmp_path / "bad.pt"], tmp_path / "fresh", "cifar10", root)
@@ -125,7 +125,7 @@ def test_cli_import_several_files_and_errors(tmp_path, cifar):
     assert manyruns.open(tmp_path / "c10").num_runs == 5
     write_log(tmp_path / "bad.pt", 2, data.y_train[:-1], data.y_test)
     result = cli("import", "multirun-logits", str(tmp_path / "bad.pt"), str(tmp_path / "c10"), "--dataset", "cifar10", env=env)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "bad.pt" in lines[0] and "(2, 39, 10)" in lines[0]
     assert manyruns.open(tmp_path / "c10").num_runs == 5
@@ -156,7 +156,7 @@ def test_finite_logits_beyond_float16_are_refused(tmp_path, cifar, key, value, d
     write_log(tmp_path / "good.pt", 2, data.y_train, data.y_test, tta=True)
     store = tmp_path / "c10"
     import_multirun_logits([tmp_path / "good.pt"], store, "cifar10", root)
-    before = manyruns.open(store).load("logits/train", "all")
+    before = np.asarray(manyruns.open(store).array("logits/train")[:])
     _float_log(tmp_path / "more.pt", data, seed=4)
     _float_log(tmp_path / "big.pt", data, dtype, seed=5, **{key: ((1, 3, 2), value)})
     with pytest.raises(MultirunFormatError) as info:
@@ -164,7 +164,7 @@ def test_finite_logits_beyond_float16_are_refused(tmp_path, cifar, key, value, d
     message = str(info.value)
     assert message.startswith(f"{tmp_path / 'big.pt'}: '{key}' ") and f"|x| = {shown}," in message and "float16" in message
     pop = manyruns.open(store)
-    assert pop.num_runs == 2 and np.array_equal(pop.load("logits/train", "all"), before)
+    assert pop.num_runs == 2 and np.array_equal(np.asarray(pop.array("logits/train")[:]), before)
 
 
 def test_float32_logits_keep_non_finite_runs_as_diverged(tmp_path, cifar):
@@ -180,8 +180,8 @@ def test_float32_logits_keep_non_finite_runs_as_diverged(tmp_path, cifar):
     pop = manyruns.open(tmp_path / "c10")
     assert pop.runs.status.tolist() == ["ok", "diverged", "diverged"]
     for key, name in (("logits", "logits/test"), ("logits_train", "logits/train"), ("logits_tta", "logits/test_tta")):
-        stored = pop.load(name, "all")
+        stored = np.asarray(pop.array(name)[:])
         assert stored.dtype == np.float16
         assert np.array_equal(stored, tensors[key].to(torch.float16).numpy(), equal_nan=True)
-    assert pop.load("logits/test_tta", "all")[0, 2, 1] == 65504
-    assert np.isposinf(pop.load("logits/test", "all")[1, 0, 3]) and np.isnan(pop.load("logits/train", "all")[1, 5, 0])
+    assert np.asarray(pop.array("logits/test_tta")[:])[0, 2, 1] == 65504
+    assert np.isposinf(np.asarray(pop.array("logits/test")[:])[1, 0, 3]) and np.isnan(np.asarray(pop.array("logits/train")[:])[1, 5, 0])

@@ -70,9 +70,9 @@ def trained(tmp_path_factory):
 def direct_fit_curves(pop) -> dict[float, dict]:
     """The same numbers, the straightforward way: every run's arrays in memory, plain loops."""
     table = pop.runs
-    metrics = pop.load("metrics", "all").astype(np.float64)
+    metrics = np.asarray(pop.array("metrics")[:]).astype(np.float64)
     summary = pop.store.summary().astype(np.float64)
-    raw_train_acc = pop.load("metrics", "all")[:, :, 1]
+    raw_train_acc = np.asarray(pop.array("metrics")[:])[:, :, 1]
     out = {}
     for p in sorted(set(table["label_noise"])):
         runs = [r for r in range(len(table)) if table["label_noise"].iat[r] == p and table["status"].iat[r] == "ok"]
@@ -137,7 +137,7 @@ def test_fit_curves_match_a_direct_computation(trained):
 @given(block_size=st.integers(1, 7), seed=st.integers(0, 10_000))
 def test_block_size_and_run_order_do_not_change_the_results(trained, block_size, seed):
     reference = [level.to_dict() for level in fit_curves(trained)]
-    order = np.random.default_rng(seed).permutation(trained.run_indices("ok"))
+    order = np.random.default_rng(seed).permutation(trained.select("ok"))
     shuffled = [level.to_dict() for level in fit_curves(trained, runs=order, block_size=block_size)]
     assert len(shuffled) == len(reference)
     for a, b in zip(shuffled, reference):
@@ -286,7 +286,7 @@ def test_corruption_labels():
 
 def test_a_store_without_runs_or_metrics_is_refused(tmp_path):
     pop = planned_store(tmp_path, "runs = 2\nlabel_noise = 0.5")
-    with pytest.raises(ValueError, match="no runs to summarize"):
+    with pytest.raises(ValueError, match="selects no runs"):
         fit_curves(pop)
 
 
@@ -376,7 +376,7 @@ def test_cli_fit_curves_json_table_plot_and_store(trained, tmp_path):
     runner = CliRunner()
     out = runner.invoke(app, ["fit-curves", str(trained.path), "--json", "--plot", str(tmp_path / "curves.png")])
     assert out.exit_code == 0, out.output
-    levels = json.loads(out.stdout)
+    levels = json.loads(out.stdout)["levels"]
     assert [d["corruption"] for d in levels] == ["labels:0.0", "labels:1.0"]
     for d in levels:
         for key in ("corruption", "label_noise", "runs", "train_accuracy", "test_accuracy", "epochs_to_fit", "test_error"):
@@ -395,7 +395,7 @@ def test_cli_fit_curves_json_table_plot_and_store(trained, tmp_path):
     assert "reports/fit-curves-levels.png" in out.stdout and (trained.path / "reports" / "fit-curves-levels.png").is_file()
 
     out = runner.invoke(app, ["fit-curves", str(tmp_path / "missing")])
-    assert out.exit_code == 1 and out.stderr.startswith("error: no population store")
+    assert out.exit_code == 2 and out.stderr.startswith("error: no population store")
 
 
 # ------------------------------------------------------------------------- example recipes

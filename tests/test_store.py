@@ -36,7 +36,7 @@ def popen_train(store: Path, *extra: str) -> subprocess.Popen:
 def arrays_equal(a: Path, b: Path, names=("logits/train", "logits/test", "mask/train", "labels/train", "metrics", "weights/epoch_3")) -> None:
     pa, pb = manyruns.open(a), manyruns.open(b)
     for name in names:
-        assert np.array_equal(pa.load(name, "all"), pb.load(name, "all"), equal_nan=True), name
+        assert np.array_equal(np.asarray(pa.array(name)[:]), np.asarray(pb.array(name)[:]), equal_nan=True), name
 
 
 def wait_for_commits(store: Path, n: int, timeout: float = 120) -> None:
@@ -82,7 +82,7 @@ def test_plan_is_idempotent_grows_and_refuses(tmp_path, write_recipe):
     store = tmp_path / "s"
     manyruns.plan(write_recipe(tiny_recipe(runs=4)), store)
     manyruns.train(store, executor="serial", progress=False)
-    before = manyruns.open(store).load("logits/test", "all")
+    before = np.asarray(manyruns.open(store).array("logits/test")[:])
     # same recipe, even reformatted: nothing changes
     manyruns.plan(write_recipe("# a comment\n" + tiny_recipe(runs=4), "same.toml"), store)
     assert manyruns.open(store).num_runs == 4 and manyruns.open(store).committed.all()
@@ -109,7 +109,7 @@ def test_uncommitted_runs_are_invisible_and_redone_identically(tmp_path, referen
     s = Store.open(store)
     s.uncommit([2, 5])
     pop = manyruns.open(store)
-    assert 2 not in pop.run_indices("committed") and len(pop.run_indices()) == 22
+    assert 2 not in pop.select("committed") and len(pop.select()) == 22
     assert [r for r, _ in pop.blocks("logits/test", block_size=100)][0].tolist() == [r for r in range(24) if r not in (2, 5)]
     # retraining (alone, in another group than the first time) reproduces the stored results exactly
     report = manyruns.train(store, executor="serial", progress=False)
@@ -248,7 +248,7 @@ def test_dataset_fingerprint_is_checked(tmp_path, write_recipe):
     assert manyruns.open(store).store.meta["data_dir"] == str((tmp_path / "data").resolve())
     write_idx("t10k-labels-idx1-ubyte.gz", rng.integers(0, 10, 20))  # the data changes under the store
     result = cli("train", str(store), "--quiet")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "not the data" in result.stderr and "labels" in result.stderr
     assert not Store.open(store).committed().any()
 
@@ -305,7 +305,7 @@ def test_unknown_train_options_are_refused_before_any_work(tmp_path, write_recip
     manyruns.plan(write_recipe(tiny_recipe(runs=2)), store)
     for option, value in (("--strategy", "foo"), ("--executor", "ray")):
         result = cli("train", str(store), option, value)
-        assert result.returncode == 1 and value in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert result.returncode == 2 and value in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert "train:" not in result.stderr  # no progress bar was drawn
     result = cli("train", str(store), "--strategy", "stacked")
     assert result.returncode == 0  # the MLP recipe has a stacked form
@@ -313,7 +313,7 @@ def test_unknown_train_options_are_refused_before_any_work(tmp_path, write_recip
     cnn_store = tmp_path / "cnn"
     manyruns.plan(small_cnn, cnn_store)
     result = cli("train", str(cnn_store), "--strategy", "stacked")
-    assert result.returncode == 1 and "MLPs only" in result.stderr
+    assert result.returncode == 2 and "MLPs only" in result.stderr
     assert manyruns.status(cnn_store)["failed"] == 0 and manyruns.status(store)["failed"] == 0
 
 

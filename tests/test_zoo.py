@@ -170,7 +170,7 @@ def test_layout_is_the_published_one(zoo, exported):
     assert np.array_equal(first["config.l2reg"].to_numpy() * 2, runs["sweep.optimizer.weight_decay"].to_numpy())
     assert np.array_equal(first["config.train_fraction"].to_numpy(), runs["subset"].to_numpy())
     # metrics of row (network r, step e) are the store's metrics after epoch e
-    stored = pop.load("metrics", "all")
+    stored = np.asarray(pop.array("metrics")[:])
     assert np.array_equal(metrics.test_accuracy.to_numpy().reshape(8, 3), stored[:, :3, 3].astype(np.float64))
     assert np.array_equal(metrics.train_loss.to_numpy().reshape(8, 3), stored[:, :3, 0].astype(np.float64))
 
@@ -180,10 +180,10 @@ def test_round_trip_gives_identical_weights_metrics_hyperparameters(zoo, exporte
     original = manyruns.open(zoo)
     assert imported.num_runs == original.num_runs
     for epoch in (0, 1, 2):
-        a = original.load(f"weights/epoch_{epoch}", "all")
-        b = imported.load(f"weights/epoch_{epoch}", "all")
+        a = np.asarray(original.array(f"weights/epoch_{epoch}")[:])
+        b = np.asarray(imported.array(f"weights/epoch_{epoch}")[:])
         assert a.dtype == b.dtype and np.array_equal(a, b), epoch
-    a, b = original.load("metrics", "all"), imported.load("metrics", "all")
+    a, b = np.asarray(original.array("metrics")[:]), np.asarray(imported.array("metrics")[:])
     assert np.array_equal(a[:, :3], b[:, :3])
     pd.testing.assert_frame_equal(hyperparameter_table(original), hyperparameter_table(imported), check_dtype=False)
     assert (imported.runs.status == original.runs.status).all()
@@ -226,7 +226,7 @@ def test_exported_rows_reproduce_the_stored_networks_outputs(zoo, exported, data
     pop = manyruns.open(zoo)
     data = pop.dataset(data_root)
     x = data.x_test.astype(np.float32) / 127.5 - 1.0  # normalize = "symmetric"
-    stored = pop.load("logits/test", "all").astype(np.float32)  # (R, T, C), final network
+    stored = np.asarray(pop.array("logits/test")[:]).astype(np.float32)  # (R, T, C), final network
     weights = np.load(exported / "weights.npy")
     layout = pd.read_csv(exported / "layout.csv")
     metrics = read_metrics(exported)
@@ -457,7 +457,7 @@ def test_missing_and_infinite_metric_values_are_kept(exported, tmp_path):
     frame.loc[17, "train_loss"] = np.inf  # run_000005, its last checkpoint
     write_metrics(frame, folder)
     pop = import_smallcnnzoo(folder, tmp_path / "s")
-    metrics = pop.load("metrics", "all")
+    metrics = np.asarray(pop.array("metrics")[:])
     assert np.isnan(metrics[2, 1, 2]) and np.isnan(metrics[2, 1, 3]) and np.isinf(metrics[5, 2, 0])
     assert pop.runs.status[2] == "ok" and pop.runs.status[5] == "diverged"
 
@@ -470,7 +470,7 @@ def test_layer_order_comes_from_columns_not_rows(zoo, exported, tmp_path):
         layout.iloc[order].to_csv(folder / "layout.csv", index=False)
         pop = import_smallcnnzoo(folder, tmp_path / f"{name}-store")
         for epoch in (0, 1, 2):
-            assert np.array_equal(pop.load(f"weights/epoch_{epoch}", "all"), original.load(f"weights/epoch_{epoch}", "all")), (name, epoch)
+            assert np.array_equal(np.asarray(pop.array(f"weights/epoch_{epoch}")[:]), np.asarray(original.array(f"weights/epoch_{epoch}")[:])), (name, epoch)
 
 
 def test_export_writes_the_published_names_and_reads_unscoped_ones(zoo, exported, tmp_path):
@@ -479,16 +479,16 @@ def test_export_writes_the_published_names_and_reads_unscoped_ones(zoo, exported
     folder = copy_zoo(exported, tmp_path / "zoo")
     layout.assign(varname=layout.varname.str.removeprefix("sequential/")).to_csv(folder / "layout.csv", index=False)
     pop = import_smallcnnzoo(folder, tmp_path / "s")
-    assert np.array_equal(pop.load("weights/epoch_2", "all"), manyruns.open(zoo).load("weights/epoch_2", "all"))
+    assert np.array_equal(np.asarray(pop.array("weights/epoch_2")[:]), np.asarray(manyruns.open(zoo).array("weights/epoch_2")[:]))
     export_smallcnnzoo(pop, tmp_path / "again")
     assert (tmp_path / "again" / "layout.csv").read_bytes() == (exported / "layout.csv").read_bytes()
 
 
-def test_cli_import_error_is_one_line_exit_1(exported, tmp_path):
+def test_cli_import_error_is_one_line_exit_2(exported, tmp_path):
     folder = copy_zoo(exported, tmp_path / "zoo")
     _break("w_init", folder)
     result = cli("import", "smallcnnzoo", str(folder), str(tmp_path / "s"))
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "lecun_uniform" in lines[0] and "metrics.csv.gz, row 7" in lines[0]
     assert not (tmp_path / "s").exists()
@@ -520,7 +520,7 @@ def test_export_refuses_other_models(tmp_path, write_recipe):
 def test_stats_features_match_a_direct_computation(zoo):
     pop = manyruns.open(zoo)
     params = pop.layout["params"]
-    weights = pop.load("weights/epoch_2", "all")
+    weights = np.asarray(pop.array("weights/epoch_2")[:])
     features = tensor_statistics(weights, params)
     assert features.shape == (8, 7 * 8)
     for r in range(weights.shape[0]):
@@ -548,7 +548,7 @@ def test_features_do_not_depend_on_block_size_or_run_order(zoo, block, seed, fea
 
 def test_targets_checkpoint_and_final(zoo):
     pop = manyruns.open(zoo)
-    metrics = pop.load("metrics", "all")
+    metrics = np.asarray(pop.array("metrics")[:])
     same = zoo_samples(pop, "stats", "all", target="checkpoint")
     assert np.array_equal(same.y, metrics[same.runs, same.checkpoints, 3].astype(np.float64))
     final = zoo_samples(pop, "stats", "1", target="final")
@@ -581,10 +581,10 @@ def test_hyperparameter_features(zoo):
 
 def test_split_never_puts_a_network_on_two_sides(zoo):
     pop = manyruns.open(zoo)
-    result = predict_accuracy(pop, "stats", "linear", "all", test_fraction=0.25, val_fraction=0.125, save=False)
-    per_run = pd.DataFrame({"run": result.runs, "split": result.split}).groupby("run").split.nunique()
+    result = predict_accuracy(pop, features="stats", model="linear", checkpoints="all", test_fraction=0.25, val_fraction=0.125)
+    per_run = pd.DataFrame({"run": result.sample_runs, "split": result.split}).groupby("run").split.nunique()
     assert (per_run == 1).all()
-    sides = [set(result.runs[result.split == s]) for s in (0, 1, 2)]
+    sides = [set(result.sample_runs[result.split == s]) for s in (0, 1, 2)]
     assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
     m = result.metrics
     assert (m["n_train_networks"], m["n_val_networks"], m["n_test_networks"]) == (5, 1, 2)
@@ -680,7 +680,7 @@ def test_gbm_falls_back_to_sklearn_without_lightgbm(zoo, monkeypatch):
     X, y = synthetic(200)
     fitted = fit_predictor("gbm", X[:120], y[:120], X[120:160], y[120:160], gbm_backend="auto")
     assert fitted.info["backend"] == "sklearn"
-    result = predict_accuracy(manyruns.open(zoo), "stats", "gbm", gbm_backend="auto", save=False)
+    result = predict_accuracy(manyruns.open(zoo), features="stats", model="gbm", gbm_backend="auto")
     assert result.metrics["predictor"]["backend"] == "sklearn"
     with pytest.raises(ValueError) as info:
         fit_predictor("gbm", X[:120], y[:120], X[120:160], y[120:160], gbm_backend="lightgbm")
@@ -750,13 +750,13 @@ def test_zoo_predict_json_is_valid_when_scores_are_undefined(zoo, tmp_path):
 def test_zoo_predict_bad_input(zoo):
     pop = manyruns.open(zoo)
     with pytest.raises(ValueError, match="features must be one of"):
-        predict_accuracy(pop, "pixels", save=False)
+        predict_accuracy(pop, features="pixels")
     with pytest.raises(ValueError, match=r"no weights recorded at epoch\(s\) \[7\]"):
-        predict_accuracy(pop, "stats", "linear", 7, save=False)
-    with pytest.raises(ValueError, match="gbm backend"):
-        predict_accuracy(pop, "stats", "gbm", gbm_backend="xgboost", save=False)
+        predict_accuracy(pop, features="stats", model="linear", checkpoints=7)
+    with pytest.raises(ValueError, match="gbm_backend must be one of"):
+        predict_accuracy(pop, features="stats", model="gbm", gbm_backend="xgboost")
     result = invoke("zoo-predict", str(zoo), "--model", "forest")
-    assert result.exit_code == 1 and result.stderr.strip() == "error: model must be one of linear, gbm, dnn, got 'forest'"
+    assert result.exit_code == 2 and result.stderr.strip() == "error: --model must be one of linear, gbm, dnn, got 'forest'"
 
 
 def test_example_recipes_describe_the_published_space():

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 import manyruns
-from manyruns.analysis.heldout import HeldoutSource, memorization_from_source
+from manyruns.analysis.heldout import memorization
+from manyruns.streaming import doubling_sizes
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,24 +45,19 @@ def train_to(recipe: Path, store: Path, runs: int, data_dir: str | None, workers
 
 def first_runs(pop, n: int) -> np.ndarray:
     """The ``n`` lowest-numbered ok runs (the population as it was when it had ``n`` runs)."""
-    ok = pop.run_indices("ok")
-    return ok[:n]
+    return pop.select("ok")[:n]
 
 
 def run_counts(total: int, start: int = 25) -> list[int]:
     """Doubling run counts up to ``total`` (which is always included)."""
-    counts, n = [], start
-    while n < total:
-        counts.append(n)
-        n *= 2
-    return counts + [total]
+    return doubling_sizes(total, start)
 
 
 def memorization_stability_curve(pop, total: int, value: str = "correct") -> list[dict]:
     """Split-half stability of memorization computed from the first n runs, for doubling n."""
     rows = []
     for n in run_counts(total):
-        result = memorization_from_source(HeldoutSource(pop, value, first_runs(pop, n)))
+        result = memorization(pop, value=value, runs=first_runs(pop, n))
         s = result.stability
         rows.append({"runs": n, "split_half_spearman": s.spearman, "predicted_reliability": s.reliability, "never_held_out": result.never_held_out})
     return rows

@@ -24,8 +24,7 @@ from pathlib import Path
 import numpy as np
 
 import manyruns
-from manyruns.analysis.cscore import cscore
-from manyruns.analysis.heldout import spearman
+from manyruns.analysis.heldout import cscore, spearman
 from manyruns.report.heldout import extremes_grid
 
 from common import REPO, default_data_dir, histogram, train_to, write_json
@@ -90,7 +89,7 @@ def main() -> None:
 
     training = train_to(args.recipe, args.store, args.runs, args.data_dir, args.workers)
     pop = manyruns.open(args.store)
-    runs = pop.run_indices("ok")[: args.runs]
+    runs = pop.select("ok")[: args.runs]
     data = pop.dataset(args.data_dir)
     print(f"{runs.size} ok runs; training {training['seconds']:.0f} s", flush=True)
 

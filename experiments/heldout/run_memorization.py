@@ -24,8 +24,7 @@ from pathlib import Path
 import numpy as np
 
 import manyruns
-from manyruns.analysis.heldout import memorization
-from manyruns.analysis.influence import influence
+from manyruns.analysis.heldout import influence, memorization
 from manyruns.report.heldout import extremes_grid, influence_grid
 
 from common import REPO, default_data_dir, histogram, memorization_stability_curve, plot_stability, train_to, write_json
@@ -39,13 +38,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--data-dir", default=default_data_dir())
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "heldout")
-    parser.add_argument("--max-memory-gb", type=float, default=2.0)
+    parser.add_argument("--memory-gib", type=float, default=2.0, help="memory in GiB for influence's accumulators of one block of training examples")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
     training = train_to(args.recipe, args.store, args.runs, args.data_dir, args.workers)
     pop = manyruns.open(args.store)
-    runs = pop.run_indices("ok")[: args.runs]
+    runs = pop.select("ok")[: args.runs]
     data = pop.dataset(args.data_dir)
     print(f"{runs.size} ok runs; training {training['seconds']:.0f} s", flush=True)
 
@@ -54,7 +53,7 @@ def main() -> None:
     t_mem = time.perf_counter() - t0
     mem.save(pop)
     t0 = time.perf_counter()
-    infl = influence(pop, runs=runs, top=10, max_block_bytes=int(args.max_memory_gb * 2**30))
+    infl = influence(pop, runs=runs, top=10, memory_gib=args.memory_gib)
     t_infl = time.perf_counter() - t0
     infl.save(pop)
     print(f"memorization {t_mem:.1f} s, influence {t_infl:.1f} s", flush=True)

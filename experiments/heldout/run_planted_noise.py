@@ -29,8 +29,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
 import manyruns
-from manyruns.analysis.cscore import cscore
-from manyruns.analysis.heldout import memorization
+from manyruns.analysis.heldout import cscore, memorization
 from manyruns.report.grids import Cell, image_grid
 
 from common import REPO, default_data_dir, histogram, train_to, write_json
@@ -87,7 +86,7 @@ def main() -> None:
 
     training = train_to(args.recipe, args.store, args.runs, args.data_dir, args.workers)
     pop = manyruns.open(args.store)
-    runs = pop.run_indices("ok")[: args.runs]
+    runs = pop.select("ok")[: args.runs]
     data = pop.dataset(args.data_dir)
     trained_labels = pop.load("labels/train", runs[:1])[0].astype(np.int64)  # dataset scope: the same for every run
     corrupted = trained_labels != data.y_train

@@ -33,19 +33,14 @@ import numpy as np
 import pandas as pd
 
 import manyruns
-from manyruns.analysis.ensemble import doubling_sizes, ensemble_accuracy, ensemble_curve, ensemble_table, plot_ensemble
-from manyruns.analysis.kernel import Neighbours, Workspace, neighbours
+from manyruns.analysis.ensemble import ensemble_accuracy, ensemble_curve
+from manyruns.analysis.kernel import Workspace
 from manyruns.analysis.knn import knn_accuracy
-from manyruns.analysis.pairs import (
-    drop_mirrored,
-    feature_neighbours,
-    feature_run,
-    kernel_vs_features_grid,
-    label_agreement,
-    neighbour_grid,
-    rank_pairs,
-    select_ranks,
-)
+from manyruns.analysis.neighbours import Neighbours, neighbours
+from manyruns.analysis.pairs import drop_mirrored, feature_neighbours, feature_run, label_agreement, rank_pairs, select_ranks
+from manyruns.report.ensemble import ensemble_table, plot_ensemble
+from manyruns.report.pairs import kernel_vs_features_grid, neighbour_grid
+from manyruns.streaming import doubling_sizes
 
 MAJORITY = (3, 0.0)  # k, power
 WEIGHTED = (20, 4.0)
@@ -139,7 +134,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=None, help="data root for the images (default: $MANYRUNS_DATA, then the store's)")
     parser.add_argument("--sizes", type=str, default=None, help="run counts for the k-NN curves (default 2, 4, 8, ..., R)")
     parser.add_argument("--class-sizes", type=str, default=None, help="run counts for the per-class kernels (default 16, 64, R)")
-    parser.add_argument("--memory-gb", type=float, default=6.0)
+    parser.add_argument("--memory-gib", type=float, default=6.0)
     parser.add_argument("--precision", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--skip-train-pairs", action="store_true", help="skip near-duplicates inside the training set (the costliest kernel)")
     parser.add_argument("--seed", type=int, default=0)
@@ -149,13 +144,13 @@ def main() -> None:
     pop = manyruns.open(args.store)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    R = int(pop.run_indices("ok").size)
+    R = int(pop.select("ok").size)
     if R < 2:
         raise SystemExit(f"{args.store}: needs at least 2 ok runs, has {R}")
     data = pop.dataset(args.data_dir)
     y_train, y_test, C = pop.targets("train"), pop.targets("test"), pop.classes
     ws = Workspace()
-    opts = {"precision": args.precision, "memory_gb": args.memory_gb, "workspace": ws}
+    opts = {"precision": args.precision, "memory_gib": args.memory_gib, "workspace": ws}
     timings: dict[str, float] = {}
     results: dict = {"store": str(args.store), "recipe": pop.recipe.name, "dataset": data.name, "runs": R, "precision": args.precision}
 
@@ -168,7 +163,7 @@ def main() -> None:
     # 1. single runs and ensembles
     curve = timed("ensemble", ensemble_curve, pop)
     plot_ensemble(curve, out / "ensemble.png", f"{pop.recipe.name}: ensemble test accuracy")
-    results["ensemble"] = curve.to_dict()
+    results["ensemble"] = curve.summary()
     print(ensemble_table(curve), flush=True)
 
     # 2. kernel k-NN against the number of runs, with and without the log-softmax
@@ -176,10 +171,10 @@ def main() -> None:
     k_max = max(MAJORITY[0], WEIGHTED[0])
     rows, kept = [], {}
     for n in sizes:
-        ens = ensemble_accuracy(pop, "test", pop.run_indices("ok")[:n])
+        ens = ensemble_accuracy(pop, "test", n)
         row = {"runs": n, "ensemble_logit_accuracy": ens["logit_accuracy"], "ensemble_prob_accuracy": ens["prob_accuracy"]}
         for variant, log_softmax in (("log_softmax", True), ("raw", False)):
-            nb = timed("kernel_by_runs", neighbours, pop, k_max, "test", n, log_softmax, **opts)
+            nb = timed("kernel_by_runs", neighbours, pop, k=k_max, runs=n, log_softmax=log_softmax, **opts)
             row[variant] = {
                 "majority_k3": knn_accuracy(nb, y_train, y_test, C, *MAJORITY),
                 "weighted_k20_p4": knn_accuracy(nb, y_train, y_test, C, *WEIGHTED),
@@ -195,7 +190,7 @@ def main() -> None:
     results["knn_by_runs"] = rows
     plot_knn(rows, curve.mean_accuracy, out / "knn_vs_runs.png", f"{pop.recipe.name}: kernel k-NN vs ensemble")
     if "log_softmax" not in kept:
-        kept["log_softmax"] = timed("kernel_by_runs", neighbours, pop, k_max, "test", R, True, **opts)
+        kept["log_softmax"] = timed("kernel_by_runs", neighbours, pop, k=k_max, runs=R, **opts)
 
     # 3. per-class kernels
     class_sizes = [int(n) for n in args.class_sizes.split(",")] if args.class_sizes else sorted({min(16, R), min(64, R), R} - {1})
@@ -205,11 +200,12 @@ def main() -> None:
         for variant, log_softmax in (("log_softmax", True), ("raw", False)):
             accs = []
             for c in range(C):
-                nb = timed("kernel_per_class", neighbours, pop, MAJORITY[0], "test", n, log_softmax, [c], **opts)
+                nb = timed("kernel_per_class", neighbours, pop, k=MAJORITY[0], runs=n, log_softmax=log_softmax, classes=[c], **opts)
                 accs.append(knn_accuracy(nb, y_train, y_test, C, *MAJORITY))
             full = next((r[variant]["majority_k3"] for r in rows if r["runs"] == n), None)
             if full is None:
-                full = knn_accuracy(timed("kernel_per_class", neighbours, pop, MAJORITY[0], "test", n, log_softmax, **opts), y_train, y_test, C, *MAJORITY)
+                nb = timed("kernel_per_class", neighbours, pop, k=MAJORITY[0], runs=n, log_softmax=log_softmax, **opts)
+                full = knn_accuracy(nb, y_train, y_test, C, *MAJORITY)
             row[variant] = {"class_kernels": accs, "mean_class_kernel": float(np.mean(accs)), "full_kernel": full}
         per_class.append(row)
         print(f"per-class kernels, n={n}: mean k-NN {100 * row['log_softmax']['mean_class_kernel']:.2f}% with log-softmax, "
@@ -249,7 +245,7 @@ def main() -> None:
         by_features = feature_neighbours(train_f, test_f, MAJORITY[0])
         timings["feature_neighbours"] = time.perf_counter() - t0
         dist = np.sqrt(((test_f[:, None, :] - train_f[by_features]) ** 2).sum(2))  # (T, k), nearest first
-        feature_nb = Neighbours(by_features, (-dist).astype(np.float32), {"runs": 1})  # similarity = -distance
+        feature_nb = Neighbours(indices=by_features, values=(-dist).astype(np.float32), runs=np.array([run]))  # similarity = -distance
         feature_table = rank_pairs(feature_nb, y_test, y_train)
         neighbour_grid(select_ranks(feature_table, 1, 48), feature_nb, data.x_test, data.x_train, y_train, data.classes, out / "feature_pairs_001_048.png", 1,
                        f"{pop.recipe.name}: most similar pairs by penultimate features of run {run} (negative distance shown)")
@@ -275,7 +271,7 @@ def main() -> None:
 
     # 6. near-duplicates inside the training set
     if not args.skip_train_pairs:
-        train_nb = timed("kernel_train_queries", neighbours, pop, 1, "train", None, True, **opts)
+        train_nb = timed("kernel_train_queries", neighbours, pop, k=1, queries="train", **opts)
         train_table, results["train_pairs"] = train_pair_counts(train_nb, y_train)
         neighbour_grid(select_ranks(train_table, 1, 48), train_nb, data.x_train, data.x_train, y_train, data.classes, out / "train_pairs_001_048.png", 1,
                        f"{pop.recipe.name}: most similar pairs of training examples ({R} runs)", query_name="query")

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import manyruns
-from manyruns.analysis.randomization import fit_curves, save_fit_curves
+from manyruns.analysis.randomization import fit_curves
 from manyruns.recipe import Recipe
 from manyruns.report.fit_curves import plot_fit_curves
 
@@ -114,8 +114,9 @@ def main(argv=None) -> int:
         return 1
 
     pop = manyruns.open(store)
-    levels = fit_curves(pop)
-    save_fit_curves(pop, levels, {"runs": "ok"})
+    curves = fit_curves(pop)
+    curves.save(pop)
+    levels = curves.levels
     args.out.mkdir(parents=True, exist_ok=True)
     figure = plot_fit_curves(levels, args.out / f"{recipe.name}-curves.png", f"{recipe.name}: fit curves (mean +- std over runs)")
     rows = [level.to_dict() for level in levels]

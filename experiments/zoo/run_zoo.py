@@ -123,7 +123,11 @@ def main() -> None:
         for model in args.models.split(","):
             runs = []
             for seed in range(args.seeds):
-                result = predict_accuracy(pop, features, model, None, "checkpoint", seed=seed, gbm_backend=args.gbm_backend, save=seed == 0)
+                result = predict_accuracy(
+                    pop, features=features, model=model, checkpoints=None, target="checkpoint", seed=seed, gbm_backend=args.gbm_backend, runs="committed"
+                )
+                if seed == 0:
+                    result.save(pop)
                 runs.append(result.metrics)
                 if seed == 0 and (features not in best or result.metrics["r2"] > best[features][0].metrics["r2"]):
                     best[features] = (result, model)
@@ -142,7 +146,7 @@ def main() -> None:
     # early prediction: weights of an earlier checkpoint -> final test accuracy
     early = {}
     for epoch in checkpoints[:-1]:
-        result = predict_accuracy(pop, "stats", "gbm", epoch, "final", seed=0, gbm_backend=args.gbm_backend, save=False)
+        result = predict_accuracy(pop, features="stats", model="gbm", checkpoints=epoch, target="final", seed=0, gbm_backend=args.gbm_backend, runs="committed")
         early[str(epoch)] = {"r2": result.metrics["r2"], "kendall_tau": result.metrics["kendall_tau"]}
         print(f"epoch {epoch} weights -> final accuracy (stats, gbm): R^2 {result.metrics['r2']:.4f}  tau {result.metrics['kendall_tau']:.4f}", flush=True)
     results["early_prediction_stats_gbm"] = early

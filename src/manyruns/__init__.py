@@ -7,14 +7,17 @@
 >>> pop.runs.head()                                        # doctest: +SKIP
 """
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402
 
 from .api import TrainReport, plan, status, train  # noqa: E402
 from .population import Population, open  # noqa: E402
 from .recipe import Recipe, RecipeError  # noqa: E402
+from .errors import InputError, OptionError  # noqa: E402
 from .store import StoreError, StoreNotFoundError  # noqa: E402
 
 __all__ = [
+    "InputError",
+    "OptionError",
     "Population",
     "Recipe",
     "RecipeError",

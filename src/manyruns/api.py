@@ -5,16 +5,14 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections import deque
-from concurrent.futures import FIRST_COMPLETED, Future, wait
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from . import store as store_mod
-from .data import load_dataset, resolve_data_root
+from .data import load_dataset, resolve_data_root, store_dataset
+from .errors import OptionError, check_choice, check_number
+from .execute.schedule import TrainReport
 from .plan import group_key, plan_runs, plans_from_columns, plans_to_columns, run_recipe
 from .population import Population
 from .recipe import Recipe, RecipeError
@@ -111,65 +109,19 @@ def plan(recipe: Recipe | str | os.PathLike, path: str | os.PathLike, data_dir: 
     return Population(store)
 
 
-@dataclass
-class TrainReport:
-    """What one ``train`` call did."""
-
-    trained: int = 0
-    diverged: int = 0
-    failed: dict[int, str] = field(default_factory=dict)
-    skipped_claimed: int = 0
-    remaining: int = 0
-    seconds: float = 0.0
-    interrupted: bool = False
-    stopped: str | None = None
-
-    @property
-    def runs_per_hour(self) -> float:
-        return 3600.0 * self.trained / self.seconds if self.seconds > 0 else float("nan")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["failed"] = {str(k): v for k, v in self.failed.items()}
-        d["runs_per_hour"] = self.runs_per_hour
-        return d
-
-
-def default_group_size(strategy: str, device: str) -> int:
-    """Runs per group: many for the batched forms, few for the per-model loop."""
-    if strategy in ("stacked", "vmap"):
-        return 256 if device.startswith("cuda") else 32
-    return 1 if device.startswith("cuda") else 4
-
-
-def make_groups(recipe: Recipe, plans, todo: list[int], group_size: int) -> list[list[int]]:
-    """Split ``todo`` runs into groups that can train together, at most ``group_size`` each."""
-    by_key: dict[str, list[int]] = {}
-    for r in todo:
-        by_key.setdefault(group_key(recipe, plans[r]), []).append(r)
-    groups = []
-    for runs in by_key.values():
-        groups += [runs[i : i + group_size] for i in range(0, len(runs), group_size)]
-    return sorted(groups, key=lambda g: g[0])
-
-
 def resolve_device(device: str) -> str:
     if device == "auto":
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"device must be cpu, cuda or auto, got {device!r}")
+        raise OptionError("device", f"must be cpu, cuda, cuda:N or auto, got {device!r}")
     if device.startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for but torch sees no CUDA device (use --device cpu or auto)")
+            raise OptionError("device", f"{{param}} {device} was asked for but torch sees no CUDA device (use cpu or auto)")
     return device
-
-
-WORKER_DIED = "the worker process died while this run was in flight (killed, or out of memory); the next train redoes it"
-MAX_POOL_RESTARTS = 3
 
 
 def check_train_options(recipe: Recipe, executor: str, strategy: str) -> None:
@@ -177,12 +129,10 @@ def check_train_options(recipe: Recipe, executor: str, strategy: str) -> None:
     from .execute import EXECUTORS
     from .models.population import STRATEGIES
 
-    if executor not in EXECUTORS:
-        raise ValueError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    check_choice("executor", executor, EXECUTORS)
+    check_choice("strategy", strategy, STRATEGIES)
     if strategy == "stacked" and recipe.model.kind != "mlp":
-        raise ValueError(f"the stacked form is for MLPs only, and this recipe's model is {recipe.model.kind!r}; use 'loop' or 'vmap'")
+        raise OptionError("strategy", f"{{param}} stacked is for MLPs only, and this recipe's model is {recipe.model.kind!r}; use loop or vmap")
 
 
 def train(
@@ -206,7 +156,8 @@ def train(
     from tqdm import tqdm
 
     from .execute import available_cores, make_executor
-    from .training.worker import WorkOrder, dataset_for
+    from .execute.schedule import default_group_size, make_groups, run_groups
+    from .training.worker import WorkOrder
 
     t0 = time.perf_counter()
     store = Store.open(path)
@@ -214,11 +165,14 @@ def train(
     device = resolve_device(device)
     if workers is None:
         workers = 1 if executor == "serial" else (_cuda_count() or 1) if device.startswith("cuda") else available_cores()
-    if workers < 1:
-        raise ValueError("workers must be at least 1")
+    check_number("workers", workers, 1, integer=True)
+    if max_runs is not None:
+        check_number("max_runs", max_runs, 0, integer=True)
+    if group_size is not None:
+        check_number("group_size", group_size, 1, integer=True)
     check_train_options(recipe, executor, strategy)
     data_dir = None if data_dir is None else str(data_dir)
-    dataset_for(store, data_dir)  # fail here, with a clear message, before any worker starts
+    store_dataset(store, data_dir)  # fail here, with a clear message, before any worker starts
 
     committed = store.committed()
     others = store.claimed_by_others()
@@ -238,70 +192,19 @@ def train(
 
     form = resolve_strategy(recipe, torch.device("cuda" if device.startswith("cuda") else "cpu"), strategy)
     size = group_size or min(default_group_size(form, device), max(1, math.ceil(len(todo) / workers)))
-    pending = deque(make_groups(recipe, plans, todo, size))
-    in_flight: dict[Future, list[int]] = {}
-    claimed: set[int] = set()
-    pool = make_executor(executor, workers, device)
+    groups = make_groups({r: group_key(recipe, plans[r]) for r in todo}, todo, size)
     bar = tqdm(total=len(todo), unit="run", desc="train", disable=not progress, smoothing=0.1)
-    restarts = 0
     try:
-        while pending or in_flight:
-            while pending and len(in_flight) < 2 * pool.slots:
-                group = [r for r in pending.popleft() if store.try_claim(r)]
-                claimed.update(group)
-                if group:
-                    order = WorkOrder(str(store.path), group, device, data_dir, strategy, log_epochs)
-                    in_flight[pool.submit(order)] = group
-            if not in_flight:
-                break
-            done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
-            broken = False
-            for fut in done:
-                group = in_flight.pop(fut)
-                try:
-                    result = fut.result()
-                except BrokenProcessPool:
-                    broken = True
-                    for r in group:
-                        store.record_failure(r, WORKER_DIED)
-                        report.failed[r] = WORKER_DIED
-                except Exception as exc:  # noqa: BLE001 - a failing group must not stop the others
-                    message = f"{type(exc).__name__}: {exc}"
-                    for r in group:
-                        store.record_failure(r, message)
-                        report.failed[r] = message
-                else:
-                    report.trained += sum(1 for s in result.status.values() if s == "ok")
-                    report.diverged += sum(1 for s in result.status.values() if s == "diverged")
-                for r in group:
-                    store.release(r)
-                    claimed.discard(r)
-                bar.update(len(group))
-            if broken:
-                # A dead worker breaks the whole pool: every run in flight is lost with it, and the
-                # runs still queued go to a new pool.
-                for fut in list(in_flight):
-                    for r in in_flight.pop(fut):
-                        store.record_failure(r, WORKER_DIED)
-                        report.failed[r] = WORKER_DIED
-                        store.release(r)
-                        claimed.discard(r)
-                        bar.update(1)
-                restarts += 1
-                if restarts > MAX_POOL_RESTARTS:
-                    report.stopped = f"worker processes died {restarts} times; the remaining runs were not started"
-                    break
-                pool.close(cancel=True)
-                pool = make_executor(executor, workers, device)
-        pool.close()
-    except KeyboardInterrupt:
-        report.interrupted = True
-        pool.close(cancel=True)
-        raise
+        run_groups(
+            store,
+            groups,
+            lambda: make_executor(executor, workers, device),
+            lambda runs: WorkOrder(str(store.path), runs, device, data_dir, strategy, log_epochs),
+            report,
+            bar.update,
+        )
     finally:
         bar.close()
-        for r in claimed:
-            store.release(r)
         report.remaining = int((~store.committed()).sum())
         report.seconds = time.perf_counter() - t0
     return report

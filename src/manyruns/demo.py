@@ -10,6 +10,7 @@ from . import api
 from .analysis.ensemble import ensemble_accuracy
 from .analysis.heldout import memorization
 from .analysis.knn import knn_evaluate
+from .population import open as open_population
 
 DEMO_RECIPE = Path(__file__).parent / "examples" / "demo.toml"
 
@@ -24,7 +25,7 @@ def run_demo(out: str | os.PathLike = "manyruns-demo", workers: int | None = Non
     api.plan(DEMO_RECIPE, out)
     api.train(out, workers=workers, device="cpu", progress=progress)
     info = api.status(out)
-    pop = api.Population(api.Store.open(out))
+    pop = open_population(out)
     ens = ensemble_accuracy(pop, "test")
     knn = knn_evaluate(pop, k=3)
     mem = memorization(pop)

@@ -18,6 +18,7 @@ import numpy as np
 from .data.base import Dataset
 from .data.transforms import corrupt_labels, randomize_inputs, subset_mask
 from .recipe import Recipe, sample_sweep
+from .store import RUN_COLUMNS
 from .seeding import Purpose, dataset_stream, generator, key_of, run_seed, run_stream, torch_seed
 
 
@@ -131,13 +132,7 @@ def run_seeds(recipe: Recipe, index: int) -> RunSeeds:
 def plans_to_columns(plans: list[RunPlan]) -> dict[str, list]:
     """Column form of a list of plans (what the store keeps)."""
     keys = sorted({k for p in plans for k in p.sweep})
-    cols: dict[str, list] = {
-        "seed": [p.seed for p in plans],
-        "cell": [p.cell for p in plans],
-        "subset": [p.subset for p in plans],
-        "label_noise": [p.label_noise for p in plans],
-        "inputs": [p.inputs for p in plans],
-    }
+    cols: dict[str, list] = {name: [getattr(p, name) for p in plans] for name in RUN_COLUMNS}
     for k in keys:
         cols[f"sweep.{k}"] = [p.sweep.get(k) for p in plans]
     return cols

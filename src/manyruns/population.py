@@ -14,8 +14,11 @@ import numpy as np
 import pandas as pd
 import zarr
 
+from . import selection
 from .recipe import Recipe
-from .store import METRIC_COLUMNS, STATUS_NAMES, SUMMARY_COLUMNS, Store, StoreError
+from .selection import RunSelection
+from .store import METRIC_COLUMNS, STATUS_NAMES, SUMMARY_COLUMNS, Store
+from .streaming import run_blocks
 
 
 class Population:
@@ -69,16 +72,15 @@ class Population:
         """``(R,) bool``: runs whose results exist."""
         return self.store.committed()
 
-    def run_indices(self, which: str = "ok") -> np.ndarray:
-        """Indices of runs: 'ok' (committed and not diverged), 'committed', or 'all'."""
-        codes = self.store.status_codes()
-        if which == "ok":
-            return np.flatnonzero(codes == 1)
-        if which == "committed":
-            return np.flatnonzero(self.committed)
-        if which == "all":
-            return np.arange(self.num_runs)
-        raise ValueError(f"which must be 'ok', 'committed' or 'all', got {which!r}")
+    def select(self, runs: RunSelection = "ok") -> np.ndarray:
+        """The run indices ``runs`` selects, ``(n,) int64`` (see :mod:`manyruns.selection`):
+        ``"ok"`` (default) every ok run, ``"committed"`` every committed run, ``N`` the first
+        ``N`` ok runs, ``"0-99,200,300-"`` exactly those runs, a list of indices exactly those
+        (in the order given). Raises :class:`~manyruns.errors.OptionError` on ``runs`` for
+        runs the store does not have, uncommitted runs named explicitly, or an empty result."""
+        spec = selection.parse(runs)
+        committed = self.committed
+        return selection.resolve(spec, self.num_runs, committed, lambda: self.store.status_codes(committed) == 1)
 
     @property
     def runs(self) -> pd.DataFrame:
@@ -102,33 +104,22 @@ class Population:
 
     # -- arrays, block by block ------------------------------------------------------------
 
-    def _resolve_runs(self, runs) -> np.ndarray:
-        if runs is None or isinstance(runs, str):
-            return self.run_indices(runs or "ok")
-        idx = np.asarray(runs, dtype=np.int64).reshape(-1)
-        if idx.size and (idx.min() < 0 or idx.max() >= self.num_runs):
-            raise IndexError(f"run indices must lie in 0..{self.num_runs - 1}")
-        not_committed = idx[~self.committed[idx]]
-        if not_committed.size:
-            raise StoreError(f"runs {not_committed[:10].tolist()} are not committed")
-        return idx
+    def blocks(self, name: str, runs: RunSelection = "ok", block_size: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(run_indices (b,), values (b, ...))`` for array ``name``, ``block_size`` runs
+        at a time, for the runs :meth:`select` gives for ``runs``, in that order."""
+        for block in run_blocks(self.select(runs), block_size):
+            yield block, self.read(name, block)
 
-    def blocks(self, name: str, runs=None, block_size: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield ``(run_indices (b,), values (b, ...))`` for array ``name``, ``block_size`` runs at a time.
-
-        ``runs``: 'ok' (default), 'committed', 'all', or explicit indices (in the order given).
-        """
+    def read(self, name: str, runs: np.ndarray) -> np.ndarray:
+        """Rows ``runs`` of array ``name``, ``(len(runs), ...)``: run indices as
+        :meth:`select` gives them (they are not checked again)."""
         arr = self.array(name)
-        idx = self._resolve_runs(runs)
-        for start in range(0, idx.size, block_size):
-            block = idx[start : start + block_size]
-            if block.size and np.all(np.diff(block) == 1):
-                values = arr[int(block[0]) : int(block[-1]) + 1]
-            else:
-                values = arr.oindex[block]
-            yield block, np.asarray(values)
+        runs = np.asarray(runs, dtype=np.int64)
+        if runs.size and np.all(np.diff(runs) == 1):
+            return np.asarray(arr[int(runs[0]) : int(runs[-1]) + 1])
+        return np.asarray(arr.oindex[runs])
 
-    def load(self, name: str, runs=None) -> np.ndarray:
+    def load(self, name: str, runs: RunSelection = "ok") -> np.ndarray:
         """Array ``name`` for ``runs`` as one numpy array (for small populations or few runs)."""
         parts = [v for _, v in self.blocks(name, runs)]
         if not parts:
@@ -140,7 +131,7 @@ class Population:
         """The dataset's own labels for ``split`` ('train' or 'test'), ``(N,) int64``."""
         return np.asarray(self.store.group[f"dataset/y_{split}"][:], dtype=np.int64)
 
-    def metrics(self, runs=None) -> np.ndarray:
+    def metrics(self, runs: RunSelection = "ok") -> np.ndarray:
         """``(R', E, 4)``: per-epoch METRIC_COLUMNS of ``runs``."""
         return self.load("metrics", runs)
 
@@ -150,9 +141,9 @@ class Population:
 
     def dataset(self, data_dir: str | os.PathLike | None = None):
         """The dataset this population trained on, checked against the store's fingerprint."""
-        from .training.worker import dataset_for
+        from .data import store_dataset
 
-        return dataset_for(self.store, None if data_dir is None else str(data_dir))
+        return store_dataset(self.store, data_dir)
 
     def __repr__(self) -> str:
         return f"Population({str(self.path)!r}, runs={self.num_runs}, committed={int(self.committed.sum())})"

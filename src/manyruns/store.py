@@ -39,22 +39,18 @@ from typing import Any
 import numpy as np
 import zarr
 
-from . import __version__
+from .errors import StoreError, StoreNotFoundError
 from .recipe import Recipe
+from .version import __version__
 
 FORMAT_VERSION = 1
 METRIC_COLUMNS = ("train_loss", "train_acc", "test_loss", "test_acc")
 SUMMARY_COLUMNS = ("train_acc", "heldout_acc", "test_acc", "train_loss", "test_loss", "seconds")
 STATUS_NAMES = {0: "pending", 1: "ok", 2: "diverged"}
 STATUS_CODES = {v: k for k, v in STATUS_NAMES.items()}
-
-
-class StoreError(RuntimeError):
-    """A store cannot be created, opened or changed as asked."""
-
-
-class StoreNotFoundError(StoreError, FileNotFoundError):
-    pass
+RUN_COLUMNS = {"seed": 0, "cell": 0, "subset": 1.0, "label_noise": 0.0, "inputs": "none"}
+"""The run table's columns that every store has, with the value a run gets when its source says
+nothing (imported runs). Recipes add ``sweep.<field>`` columns; importers may add their own."""
 
 
 @dataclass
@@ -261,6 +257,31 @@ class Store:
             rows["features/test"] = rec.features_test.astype(np.float16)
         return rows
 
+    def write_runs(self, start: int, rows: dict[str, np.ndarray], status: np.ndarray) -> None:
+        """Write consecutive runs ``start .. start + b - 1`` (imported runs): every array of
+        ``rows`` (``(b, ...)`` blocks, in the store's dtypes), then ``status (b,)`` ('ok' 1,
+        'diverged' 2), then their commit markers (last)."""
+        b = int(np.asarray(status).shape[0])
+        if start < 0 or start + b > self.num_runs:
+            raise StoreError(f"runs {start}..{start + b - 1} are outside this store's {self.num_runs} runs")
+        for name, value in rows.items():
+            expected = (b, *self.array(name).shape[1:])
+            if np.shape(value) != expected:
+                raise StoreError(f"runs {start}..{start + b - 1}: '{name}' has shape {np.shape(value)}, the store expects {expected}")
+        for name, value in rows.items():
+            self.array(name)[start : start + b] = value
+        self.array("status")[start : start + b] = np.asarray(status, dtype=np.int8)
+        self.array("committed")[start : start + b] = np.ones(b, dtype=bool)
+
+    def record_source(self, source: dict, data_dir: str | None = None) -> None:
+        """Record what an imported store's runs came from (and the data root that holds its
+        dataset, where the images are found later)."""
+        meta = dict(self.meta)
+        meta["source"] = source
+        if data_dir is not None:
+            meta["data_dir"] = data_dir
+        self._set_meta(meta)
+
     def uncommit(self, runs: list[int] | np.ndarray) -> None:
         """Remove the commit markers of ``runs`` so that the next ``train`` redoes them."""
         marker = self.array("committed")
@@ -432,91 +453,124 @@ def grow(store: Store, recipe: Recipe, recipe_text: str, plan_columns: dict[str,
     store._set_meta(meta)
 
 
-def create_imported(
-    path: str | os.PathLike,
-    dataset_name: str,
-    fingerprint: dict,
-    targets: tuple[np.ndarray, np.ndarray],
-    num_runs: int,
-    arrays: dict[str, tuple[tuple[int, ...], str, Any]],
-    source: dict,
-    num_classes: int,
-    input_shape: tuple[int, ...],
-) -> Store:
-    """A store for runs trained elsewhere (published populations).
+@dataclass
+class ImportSpec:
+    """What a store of runs trained elsewhere holds, before any run is added.
 
-    ``arrays``: per-run shape, dtype and fill value of each array to create (``committed``,
-    ``status`` and ``summary`` are always added). Its recipe names only the dataset and the
-    number of runs; ``source`` (format, files, anything else worth keeping) is kept in the
-    store attributes. The importer writes the runs and commits them like a worker does.
+    ``dataset``: its name; ``fingerprint`` and ``targets`` (train and test labels) as from
+    :class:`~manyruns.data.Dataset` (an empty fingerprint and labels when the data is not at
+    hand); ``arrays``: per-run shape, dtype and fill value of each array (``committed``,
+    ``status`` and ``summary`` are always added); ``source``: what was imported (format, files,
+    anything worth keeping); ``recipe``: fields of the recipe to record beyond the dataset
+    (default: none); ``layout``: entries of the store layout beyond the data shapes (e.g. the
+    flattened-weight layout).
     """
+
+    dataset: str
+    fingerprint: dict
+    targets: tuple[np.ndarray, np.ndarray]
+    num_classes: int
+    input_shape: tuple[int, ...]
+    arrays: dict[str, tuple[tuple[int, ...], str, Any]]
+    source: dict
+    recipe: dict | None = None
+    layout: dict | None = None
+    recipe_text: str | None = None
+
+
+def create_imported(path: str | os.PathLike, spec: ImportSpec) -> Store:
+    """A store for runs trained elsewhere (published populations), holding no run yet: add runs
+    with :func:`append_runs`, then write and commit them like a worker does
+    (:meth:`Store.write_runs`)."""
     path = Path(path)
-    if path.exists() and any(path.iterdir()):
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise StoreError(f"{path} exists and is not empty")
     recipe = Recipe.from_dict(
         {
-            "name": f"imported {source.get('format', 'population')}",
-            "data": {"dataset": dataset_name},
-            "population": {"runs": num_runs},
+            "name": f"imported {spec.source.get('format', 'population')}",
             "record": {"logits": [], "metrics": False},
+            **(spec.recipe or {}),
+            "data": {**(spec.recipe or {}).get("data", {}), "dataset": spec.dataset},
+            "population": {"runs": 1},
         }
     )
     specs = {
         "summary": ((len(SUMMARY_COLUMNS),), "float32", np.nan),
         "status": ((), "int8", 0),
         "committed": ((), "bool", False),
-        **arrays,
+        **spec.arrays,
     }
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
     for name, (shape, dtype, fill) in specs.items():
-        group.create_array(name, shape=(num_runs, *shape), chunks=(1, *shape), dtype=dtype, fill_value=fill)
-    for split, y in zip(("train", "test"), targets):
+        group.create_array(name, shape=(0, *shape), chunks=(1, *shape), dtype=dtype, fill_value=fill)
+    for split, y in zip(("train", "test"), spec.targets):
         group.create_array(f"dataset/y_{split}", data=np.asarray(y, dtype=np.int16))
-    n_train, n_test = len(targets[0]), len(targets[1])
+    n_train, n_test = len(spec.targets[0]), len(spec.targets[1])
+    recipe_dict = recipe.to_dict()
+    recipe_dict["population"]["runs"] = 0
     group.attrs["manyruns"] = {
         "format": FORMAT_VERSION,
         "version": __version__,
         "created": time.time(),
-        "recipe_text": f"# imported: {json.dumps(source)[:2000]}\n",
-        "recipe": recipe.to_dict(),
-        "dataset": fingerprint,
+        "recipe_text": spec.recipe_text or f"# imported: {json.dumps(spec.source)[:2000]}\n",
+        "recipe": recipe_dict,
+        "dataset": spec.fingerprint,
         "data_dir": None,
-        "layout": {"n_train": n_train, "n_test": n_test, "num_classes": num_classes, "input_shape": list(input_shape), "num_params": 0, "params": []},
+        "layout": {
+            "n_train": n_train, "n_test": n_test, "num_classes": spec.num_classes, "input_shape": list(spec.input_shape),
+            "num_params": 0, "params": [], **(spec.layout or {}),
+        },
         "arrays": sorted(specs),
-        "runs": {"seed": [0] * num_runs, "cell": [0] * num_runs, "subset": [1.0] * num_runs, "label_noise": [0.0] * num_runs, "inputs": ["none"] * num_runs},
-        "source": source,
+        "runs": {k: [] for k in RUN_COLUMNS},
+        "source": spec.source,
     }
     return Store(path, group)
 
 
-def grow_imported(store: Store, num_runs: int, source: dict | None = None) -> None:
-    """Resize an imported store to ``num_runs`` runs (appending runs from more files)."""
-    for name in store.meta["arrays"]:
-        arr = store.array(name)
-        arr.resize((num_runs, *arr.shape[1:]))
+def open_imported(path: str | os.PathLike, fmt: str, what: str) -> Store | None:
+    """The store at ``path`` that an importer of format ``fmt`` (``what`` it holds, in words)
+    made, to grow; None where there is nothing yet. Anything else at ``path`` is refused."""
+    path = Path(path)
+    if not (path / "zarr.json").is_file():
+        if path.exists() and any(path.iterdir()):
+            raise StoreError(f"{path} exists, is not empty and holds no manyruns store")
+        return None
+    store = Store.open(path)
+    source = store.meta.get("source") or {}
+    if source.get("format") != fmt:
+        raise StoreError(f"{path} holds no imported {what} (its runs come from {source.get('format') or 'a recipe'}); import into a new store")
+    return store
+
+
+def append_runs(store: Store, rows: dict[str, list]) -> range:
+    """Add runs to an imported store: every per-run array grows, and the run table gets
+    ``rows`` (one list per column, all of one length). Columns of :data:`RUN_COLUMNS` that
+    ``rows`` lacks take their defaults; other columns must be the ones the table has (any
+    columns on the first append). The runs' conditions (``cell``) are numbered by their
+    (subset, label noise, inputs) in sorted order, and the recorded recipe's run count and
+    subset ratios follow. Returns the new run indices; nothing is committed."""
+    lengths = {len(v) for v in rows.values()}
+    if len(lengths) != 1:
+        raise StoreError(f"append_runs: the columns have different lengths {sorted(lengths)}")
+    n = lengths.pop()
     meta = dict(store.meta)
+    table = {k: list(v) for k, v in meta["runs"].items()}
+    first = store.num_runs
+    extra = set(rows) - set(RUN_COLUMNS)
+    known = set(table) - set(RUN_COLUMNS)
+    if first and extra != known:
+        raise StoreError(f"{store.path}: the runs to add have columns {sorted(extra)}, the store's run table {sorted(known)}")
+    for key in sorted(set(RUN_COLUMNS) | extra):
+        table[key] = table.get(key, []) + list(rows.get(key, [RUN_COLUMNS.get(key)] * n))
+    conditions = sorted(set(zip(table["subset"], table["label_noise"], table["inputs"])))
+    table["cell"] = [conditions.index(c) for c in zip(table["subset"], table["label_noise"], table["inputs"])]
+    total = first + n
+    for name in meta["arrays"]:
+        arr = store.array(name)
+        arr.resize((total, *arr.shape[1:]))
     recipe = dict(meta["recipe"])
-    recipe["population"] = {**recipe["population"], "runs": num_runs}
-    meta["recipe"] = recipe
-    old = meta["runs"]
-    extra = num_runs - len(old["seed"])
-    meta["runs"] = {k: list(v) + [v[0] if v else 0] * extra for k, v in old.items()}
-    if source is not None:
-        meta["source"] = source
+    ratios = sorted(set(table["subset"]))
+    recipe["population"] = {**recipe["population"], "runs": total, "subset": ratios[0] if len(ratios) == 1 else ratios}
+    meta.update(recipe=recipe, runs=table)
     store._set_meta(meta)
-
-
-def json_safe(obj):
-    """``obj`` (dicts, lists and tuples of numbers, strings, numpy scalars) with numpy scalars as
-    Python values and non-finite floats as None, which JSON writes as ``null``."""
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return None if not np.isfinite(obj) else float(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
+    return range(first, total)

@@ -1,14 +1,26 @@
-"""Ensemble accuracy: average the outputs of many runs, streaming over blocks of runs."""
+"""Ensemble accuracy: average the outputs of many runs, streaming over blocks of runs.
+
+For runs ``r = 1..n`` with logits ``z_r (N, C)`` on ``split``, the mean-logit ensemble predicts
+``argmax_c sum_r z_r(., c)`` and the mean-probability ensemble ``argmax_c sum_r softmax(z_r)_c``.
+:func:`ensemble_curve` gives both for the first ``n`` runs of a selection, for every ``n`` of a
+list of sizes (1, 2, 4, ..., R' by default), in one pass: memory ``O(N x C)``, sums in float64.
+Its figure and text table are in :mod:`manyruns.report.ensemble`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from ..errors import NotApplicableError, OptionError, check_choice, check_number
 from ..population import Population
-from ..store import StoreError
+from ..selection import RunSelection
+from ..streaming import doubling_sizes
+from .contract import Options, Result, options_of
+
+SPLITS = ("test", "train")
 
 
 def log_softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -16,8 +28,10 @@ def log_softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
 
 
-def ensemble_sums(pop: Population, split: str = "test", runs=None, block_size: int = 256) -> tuple[np.ndarray, np.ndarray, int]:
+def ensemble_sums(pop: Population, split: str = "test", runs: RunSelection = "ok", block_size: int = 256) -> tuple[np.ndarray, np.ndarray, int]:
     """Sums over runs of logits and of probabilities: ``(N, C)`` float64 each, and the run count."""
+    if not pop.store.has(f"logits/{split}"):
+        raise NotApplicableError(f"{pop.path}: this store records no logits/{split} to ensemble")
     logit_sum = prob_sum = None
     count = 0
     for _, block in pop.blocks(f"logits/{split}", runs, block_size):
@@ -29,12 +43,10 @@ def ensemble_sums(pop: Population, split: str = "test", runs=None, block_size: i
         logit_sum += x.sum(0, dtype=np.float64)
         prob_sum += probs.sum(0, dtype=np.float64)
         count += x.shape[0]
-    if count == 0:
-        raise ValueError(f"{pop.path}: no committed runs with logits/{split} to ensemble")
     return logit_sum, prob_sum, count
 
 
-def ensemble_accuracy(pop: Population, split: str = "test", runs=None, labels: np.ndarray | None = None) -> dict:
+def ensemble_accuracy(pop: Population, split: str = "test", runs: RunSelection = "ok", labels: np.ndarray | None = None) -> dict:
     """Accuracy of the mean-logit and mean-probability ensembles of ``runs`` on ``split``.
 
     ``labels``: ``(N,)``; defaults to the dataset's own labels for ``split``.
@@ -52,30 +64,46 @@ def ensemble_accuracy(pop: Population, split: str = "test", runs=None, labels: n
 # ------------------------------------------------------------------ accuracy against ensemble size
 
 
-def doubling_sizes(num_runs: int) -> list[int]:
-    """``1, 2, 4, ...`` up to ``num_runs``, ending with ``num_runs`` itself."""
-    sizes, n = [], 1
-    while n < num_runs:
-        sizes.append(n)
-        n *= 2
-    return sizes + [num_runs] if num_runs >= 1 else []
+@dataclass(frozen=True, kw_only=True)
+class EnsembleOptions(Options):
+    """``split``: test or train; ``sizes``: ensemble sizes ``n`` (the first ``n`` selected
+    runs; default 1, 2, 4, ..., R'); ``block_size``: runs read at a time."""
+
+    split: str = "test"
+    sizes: tuple[int, ...] | None = None
+    block_size: int = 256
+
+    def validate(self) -> None:
+        check_choice("split", self.split, SPLITS)
+        check_number("block_size", self.block_size, 1, integer=True)
+        if self.sizes is not None:
+            object.__setattr__(self, "sizes", tuple(sorted(set(int(n) for n in self.sizes))))
+            if not self.sizes or self.sizes[0] < 1:
+                raise OptionError("sizes", f"must be run counts of at least 1, got {list(self.sizes)}")
 
 
-@dataclass
-class EnsembleCurve:
+@dataclass(kw_only=True)
+class EnsembleCurve(Result):
     """Single-run accuracies and the accuracy of the ensemble of the first ``n`` runs.
 
-    ``run_indices (R',)`` and ``run_accuracy (R',)``: every chosen run in order; ``sizes``: the
+    ``runs (R',)`` and ``run_accuracy (R',)``: every chosen run in order; ``sizes``: the
     ensemble sizes ``n``; ``logit_accuracy`` / ``prob_accuracy``: accuracy of the argmax of the
     mean logits / mean probabilities of the first ``n`` runs, one per size.
     """
 
-    split: str
-    run_indices: np.ndarray
+    name = "ensemble"
     run_accuracy: np.ndarray
     sizes: list[int]
     logit_accuracy: list[float]
     prob_accuracy: list[float]
+
+    @property
+    def split(self) -> str:
+        return self.options.split
+
+    @property
+    def store_name(self) -> str:
+        return f"ensemble-{self.split}"
 
     @property
     def mean_accuracy(self) -> float:
@@ -86,10 +114,13 @@ class EnsembleCurve:
         """Standard deviation over runs (Bessel-corrected; 0 for a single run)."""
         return float(self.run_accuracy.std(ddof=1)) if self.run_accuracy.size > 1 else 0.0
 
-    def to_dict(self) -> dict:
+    def table(self) -> pd.DataFrame:
+        """One row per ensemble size: runs, logit_accuracy, prob_accuracy."""
+        return pd.DataFrame({"runs": self.sizes, "logit_accuracy": self.logit_accuracy, "prob_accuracy": self.prob_accuracy})
+
+    def _summary(self) -> dict:
         return {
             "split": self.split,
-            "runs": int(self.run_indices.size),
             "mean_accuracy": self.mean_accuracy,
             "std_accuracy": self.std_accuracy,
             "ensemble_accuracy": self.logit_accuracy[-1],
@@ -100,34 +131,35 @@ class EnsembleCurve:
             ],
         }
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "run_accuracy": np.asarray(self.run_accuracy, dtype=np.float64),
+            "sizes": np.asarray(self.sizes, dtype=np.int64),
+            "logit_accuracy": np.asarray(self.logit_accuracy, dtype=np.float64),
+            "prob_accuracy": np.asarray(self.prob_accuracy, dtype=np.float64),
+        }
 
-def ensemble_curve(
-    pop: Population,
-    split: str = "test",
-    runs=None,
-    sizes: list[int] | None = None,
-    block_size: int = 256,
-    labels: np.ndarray | None = None,
-) -> EnsembleCurve:
-    """One streaming pass over ``runs`` (default: every ok run, in index order): each run's
-    accuracy, and the mean-logit and mean-probability ensemble accuracy of the first ``n`` runs
-    for each ``n`` in ``sizes`` (default 1, 2, 4, ..., R'). Memory ``O(N x C)``."""
+
+def ensemble_curve(pop: Population, options: EnsembleOptions | None = None, labels: np.ndarray | None = None, **fields) -> EnsembleCurve:
+    """One streaming pass over the selected runs (in index order): each run's accuracy, and the
+    mean-logit and mean-probability ensemble accuracy of the first ``n`` runs for each ``n`` in
+    the sizes. ``labels (N,)``: what accuracy is measured against (default: the dataset's)."""
+    options = options_of(EnsembleOptions, options, fields)
+    split = options.split
     if labels is None:
         labels = pop.targets(split)
     if not pop.store.has(f"logits/{split}"):
-        raise StoreError(f"{pop.path}: this store records no logits/{split} to ensemble")
-    indices = pop._resolve_runs(runs)
-    if indices.size == 0:
-        raise ValueError(f"{pop.path}: no committed runs with logits/{split} to ensemble")
-    sizes = sorted(set(sizes or doubling_sizes(indices.size)))
-    if sizes[0] < 1 or sizes[-1] > indices.size:
-        raise ValueError(f"ensemble sizes must lie in 1..{indices.size}, got {sizes}")
+        raise NotApplicableError(f"{pop.path}: this store records no logits/{split} to ensemble")
+    indices = pop.select(options.runs)
+    sizes = list(options.sizes or doubling_sizes(indices.size))
+    if sizes[-1] > indices.size:
+        raise OptionError("sizes", f"must lie in 1..{indices.size} (the runs selected), got {sizes}")
     logit_sum = prob_sum = None
     count = 0
     run_acc: list[np.ndarray] = []
     logit_acc, prob_acc = [], []
     pending = list(sizes)
-    for _, block in pop.blocks(f"logits/{split}", indices, block_size):
+    for _, block in pop.blocks(f"logits/{split}", indices, options.block_size):
         x = block.astype(np.float32)  # (b, N, C)
         probs = np.exp(log_softmax(x))
         run_acc.append((x.argmax(-1) == labels).mean(axis=1))
@@ -143,55 +175,9 @@ def ensemble_curve(
         logit_sum += x.sum(0, dtype=np.float64)
         prob_sum += probs.sum(0, dtype=np.float64)
         count += x.shape[0]
-    return EnsembleCurve(split, indices, np.concatenate(run_acc), sizes, logit_acc, prob_acc)
+    return EnsembleCurve(
+        runs=indices, options=options, run_accuracy=np.concatenate(run_acc), sizes=sizes, logit_accuracy=logit_acc, prob_accuracy=prob_acc
+    )
 
 
-def save_ensemble(pop: Population, curve: EnsembleCurve, name: str = "ensemble") -> str:
-    """Keep ``curve`` under ``analysis/<name>``: ``run_indices``, ``run_accuracy``, ``sizes``,
-    ``logit_accuracy``, ``prob_accuracy``."""
-    group = pop.store.analysis_group(name, {"split": curve.split, "runs": int(curve.run_indices.size)})
-    group.create_array("run_indices", data=np.asarray(curve.run_indices, dtype=np.int64))
-    group.create_array("run_accuracy", data=np.asarray(curve.run_accuracy, dtype=np.float64))
-    group.create_array("sizes", data=np.asarray(curve.sizes, dtype=np.int64))
-    group.create_array("logit_accuracy", data=np.asarray(curve.logit_accuracy, dtype=np.float64))
-    group.create_array("prob_accuracy", data=np.asarray(curve.prob_accuracy, dtype=np.float64))
-    return f"analysis/{name}"
-
-
-def ensemble_table(curve: EnsembleCurve) -> str:
-    """A plain-text table: ensemble size against mean-logit and mean-probability accuracy."""
-    lines = [
-        f"single-run {curve.split} accuracy: {100 * curve.mean_accuracy:.2f}% +- {100 * curve.std_accuracy:.2f} "
-        f"(mean +- std over {curve.run_indices.size} runs)",
-        f"{'runs':>8}  {'mean logits':>11}  {'mean probs':>10}",
-    ]
-    for n, a, p in zip(curve.sizes, curve.logit_accuracy, curve.prob_accuracy):
-        lines.append(f"{n:>8}  {100 * a:>10.2f}%  {100 * p:>9.2f}%")
-    return "\n".join(lines)
-
-
-def plot_ensemble(curve: EnsembleCurve, path, title: str | None = None):
-    """Accuracy against ensemble size (log axis), with the single-run mean +- std band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    ax.plot(curve.sizes, [100 * a for a in curve.logit_accuracy], "o-", label="mean logits")
-    ax.plot(curve.sizes, [100 * a for a in curve.prob_accuracy], "s--", label="mean probabilities")
-    m, s = 100 * curve.mean_accuracy, 100 * curve.std_accuracy
-    ax.axhspan(m - s, m + s, color="grey", alpha=0.2, label="single run (mean +- std)")
-    ax.axhline(m, color="grey", lw=1)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("runs in the ensemble")
-    ax.set_ylabel(f"{curve.split} accuracy (%)")
-    ax.set_title(title or "ensemble accuracy", fontsize=9)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+__all__ = ["EnsembleCurve", "EnsembleOptions", "ensemble_accuracy", "ensemble_curve", "ensemble_sums", "log_softmax"]

@@ -26,20 +26,26 @@ Computation, streaming over blocks of runs (memory never grows with ``R``):
   train examples are taken in tiles of columns, each tile a pass 2 of its own, and a running
   top-k per query is kept.
 
-Everything runs in torch on the CPU or a CUDA device.
+Everything runs in torch on the CPU or a CUDA device. Top-k neighbours follow the tie rule of
+:func:`manyruns.streaming.topk` (equal kernel values: the lower train index first), so they do
+not depend on tiles or blocks. The analysis over a population (options, result, store) is
+:mod:`.neighbours`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Iterator, Protocol, Sequence
+from dataclasses import dataclass, fields
+from typing import Iterator, NamedTuple, Protocol, Sequence
 
 import numpy as np
 import torch
 
+from ..errors import NotApplicableError, OptionError, check_choice, check_number
 from ..population import Population
-from ..store import StoreError
+from ..selection import RunSelection
+from ..streaming import Moments, TopK, topk
+from .contract import Options
 
 ZERO_STD_RELATIVE = 4 * float(np.finfo(np.float32).eps)
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -63,17 +69,14 @@ class LogitSource(Protocol):
 
 
 class PopulationLogits:
-    """The stored ``logits/{train,test}`` of ``runs`` of a population.
+    """The stored ``logits/{train,test}`` of the runs ``runs`` selects (:meth:`Population.select`)."""
 
-    ``runs``: None (every ok run), an int ``n`` (the first ``n`` ok runs), or run indices.
-    """
-
-    def __init__(self, pop: Population, runs=None, splits: Sequence[str] = ("train", "test")):
+    def __init__(self, pop: Population, runs: RunSelection = "ok", splits: Sequence[str] = ("train", "test")):
         missing = [f"logits/{s}" for s in splits if not pop.store.has(f"logits/{s}")]
         if missing:
-            raise StoreError(f"{pop.path}: the kernel needs {' and '.join(missing)}, which this store does not record")
+            raise NotApplicableError(f"{pop.path}: the kernel needs {' and '.join(missing)}, which this store does not record")
         self.pop = pop
-        self.runs = select_runs(pop, runs)
+        self.runs = pop.select(runs)
         self.num_runs = int(self.runs.size)
         self.num_classes = pop.classes
 
@@ -81,8 +84,8 @@ class PopulationLogits:
         return int(self.pop.array(f"logits/{split}").shape[1])
 
     def blocks(self, split: str, block_runs: int) -> Iterator[np.ndarray]:
-        for _, values in self.pop.blocks(f"logits/{split}", self.runs, block_runs):
-            yield values
+        for start in range(0, self.runs.size, block_runs):
+            yield self.pop.read(f"logits/{split}", self.runs[start : start + block_runs])
 
 
 class ArrayLogits:
@@ -103,59 +106,62 @@ class ArrayLogits:
             yield np.asarray(values[start : start + block_runs])
 
 
-def select_runs(pop: Population, runs=None) -> np.ndarray:
-    """Run indices: None -> every ok run; int ``n`` -> the first ``n`` ok runs; else as given."""
-    if runs is None or isinstance(runs, str):
-        return pop.run_indices(runs or "ok")
-    if isinstance(runs, (int, np.integer)):
-        ok = pop.run_indices("ok")
-        if runs < 1 or runs > ok.size:
-            raise ValueError(f"{pop.path}: asked for the first {runs} runs, but the store has {ok.size} ok runs")
-        return ok[: int(runs)]
-    return pop._resolve_runs(runs)
-
-
 # ------------------------------------------------------------------------------- options
 
 
-@dataclass(frozen=True)
-class KernelOptions:
-    """How to compute a kernel.
+@dataclass(frozen=True, kw_only=True)
+class KernelOptions(Options):
+    """How to compute a kernel (and, as every analysis' options, from which ``runs``).
 
-    ``classes``: class indices whose columns enter the average (None: all).
-    ``precision``: operands of the pass-2 products, float32 or bfloat16 (the sums stay float32).
-    ``memory_gb``: budget for the accumulator and the blocks of runs in memory.
-    ``block_runs``, ``tile``: runs per block and train examples per tile (default: from the budget).
+    ``log_softmax``: correlate log-softmax outputs (False: raw logits). ``classes``: class
+    indices whose columns enter the average (None: all). ``precision``: operands of the pass-2
+    products, float32 or bfloat16 (the sums stay float32). ``device``: cpu, cuda or cuda:N.
+    ``memory_gib``: budget for the accumulator and the blocks of runs in memory.
+    ``block_runs``, ``tile``: runs per block and train examples per tile (default: from the
+    budget).
     """
 
     log_softmax: bool = True
     classes: tuple[int, ...] | None = None
     precision: str = "float32"
     device: str = "cpu"
-    memory_gb: float = 4.0
+    memory_gib: float = 4.0
     block_runs: int | None = None
     tile: int | None = None
 
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.memory_gb <= 0:
-            raise ValueError(f"memory_gb must be positive, got {self.memory_gb}")
+    def validate(self) -> None:
+        check_choice("log_softmax", self.log_softmax, (True, False))
+        check_choice("precision", self.precision, PRECISIONS)
+        if self.device not in ("cpu", "cuda") and not (self.device.startswith("cuda:") and self.device[5:].isdigit()):
+            raise OptionError("device", f"must be cpu, cuda or cuda:N, got {self.device!r}")
+        check_number("memory_gib", self.memory_gib, 0, low_open=True)
+        for name in ("block_runs", "tile"):
+            if getattr(self, name) is not None:
+                check_number(name, getattr(self, name), 1, integer=True)
         if self.classes is not None:
-            object.__setattr__(self, "classes", tuple(int(c) for c in self.classes))
-            if not self.classes or len(set(self.classes)) != len(self.classes):
-                raise ValueError(f"classes must be distinct class indices, got {list(self.classes)}")
+            try:
+                classes = tuple(int(c) for c in self.classes)
+            except (TypeError, ValueError):
+                raise OptionError("classes", f"must be class indices, got {self.classes!r}") from None
+            object.__setattr__(self, "classes", classes)
+            if not classes or len(set(classes)) != len(classes) or min(classes) < 0:
+                raise OptionError("classes", f"must be distinct class indices, got {list(classes)}")
 
     def class_index(self, num_classes: int) -> list[int] | None:
         if self.classes is None:
             return None
         bad = [c for c in self.classes if not 0 <= c < num_classes]
         if bad:
-            raise ValueError(f"classes {bad} are outside 0..{num_classes - 1}")
+            raise OptionError("classes", f"{{param}} {bad} are outside 0..{num_classes - 1}")
         return list(self.classes)
 
-    def params(self) -> dict:
-        """The options that change the kernel's values (for the store's records)."""
+    def kernel_fields(self) -> dict:
+        """These options' kernel fields (those of :class:`KernelOptions` but ``runs``), to make
+        other kernel options from them."""
+        return {f.name: getattr(self, f.name) for f in fields(KernelOptions) if f.name != "runs"}
+
+    def kernel_params(self) -> dict:
+        """The options that change the kernel's values (whether stored neighbours can be reused)."""
         return {"log_softmax": self.log_softmax, "classes": None if self.classes is None else list(self.classes), "precision": self.precision}
 
 
@@ -201,19 +207,15 @@ def transform(block: np.ndarray, options: KernelOptions, workspace: Workspace | 
     return out
 
 
-@dataclass
-class ColumnMoments:
-    """Run count and per-column sums about a shift: ``shift``, ``total``, ``total_sq`` are
-    ``(C', N)`` (float32 shift, float64 sums of ``x - shift`` and ``(x - shift)^2``).
+class ColumnMoments(Moments):
+    """Run count and per-column moments ``(C', N)`` of the transformed logits: a float32 shift
+    (the first block's mean) and float64 sums of ``x - shift`` and ``(x - shift)^2``
+    (:class:`~manyruns.streaming.Moments`, which merges two accumulators over disjoint runs with
+    ``+`` and gives the mean and Bessel-corrected standard deviation). Sums about a shift near
+    the mean keep the variance free of cancellation."""
 
-    Sums about a shift near the mean keep the variance free of cancellation; two accumulators
-    over disjoint runs combine with :meth:`merge` (the shift is changed exactly in float64).
-    """
-
-    count: int = 0
-    shift: torch.Tensor | None = None
-    total: torch.Tensor | None = None
-    total_sq: torch.Tensor | None = None
+    def __init__(self):
+        super().__init__(0, None, None, None)
 
     def update(self, x: torch.Tensor, scratch: torch.Tensor | None = None) -> None:
         """Add a block ``x (b, C', N)`` float32 (``scratch``: a buffer of its shape to use)."""
@@ -226,25 +228,9 @@ class ColumnMoments:
         self.total_sq += d.square_().sum(0).double()
         self.count += x.shape[0]
 
-    def merge(self, other: "ColumnMoments") -> "ColumnMoments":
+    def merge(self, other: Moments) -> Moments:
         """The moments of both sets of runs (expressed about this accumulator's shift)."""
-        if other.count == 0:
-            return self
-        if self.count == 0:
-            return other
-        delta = other.shift.double() - self.shift.double()
-        total = other.total + other.count * delta
-        total_sq = other.total_sq + 2 * delta * other.total + other.count * delta * delta
-        return ColumnMoments(self.count + other.count, self.shift, self.total + total, self.total_sq + total_sq)
-
-    def mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and Bessel-corrected standard deviation over runs, ``(C', N)`` float64 each."""
-        if self.count < 2:
-            raise ValueError(f"a standard deviation over runs needs at least 2 runs, got {self.count}")
-        n = self.count
-        mean = self.shift.double() + self.total / n
-        var = (self.total_sq - self.total * self.total / n).clamp_(min=0) / (n - 1)
-        return mean, var.sqrt()
+        return self + other
 
     def standardizer(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mean, inverse std)`` as float32 ``(C', N)``; the inverse is 0 for constant columns."""
@@ -279,7 +265,7 @@ class Plan:
 def plan_memory(num_runs: int, n_query: int, n_train: int, num_classes: int, used_classes: int, options: KernelOptions, same_split: bool) -> Plan:
     """Choose the tile of train examples (the ``(Nq, tile)`` accumulator gets up to half the
     budget) and the runs per block (the rest: raw float16 blocks and float32 work arrays)."""
-    budget = options.memory_gb * 2**30
+    budget = options.memory_gib * 2**30
     query_chunk = min(n_query, 4096) if options.precision == "bfloat16" else 0
     per_column = 4 * n_query + 2 * query_chunk  # accumulator, plus the bfloat16 product
     tile = options.tile or max(1, min(n_train, int(budget / 2 // per_column)))
@@ -324,10 +310,10 @@ def kernel_tiles(source: LogitSource, queries: str = "test", options: KernelOpti
     by the next one (and lives in ``workspace``): copy it to keep it.
     """
     if queries not in QUERY_SPLITS:
-        raise ValueError(f"queries must be 'test' or 'train', got {queries!r}")
+        raise OptionError("queries", f"must be test or train, got {queries!r}")
     R = source.num_runs
     if R < 2:
-        raise ValueError(f"the kernel needs at least 2 runs with logits, got {R}")
+        raise OptionError("runs", f"{{param}}: the kernel needs at least 2 runs with logits, got {R} (it standardizes across runs)")
     ws = workspace or Workspace(options.device)
     class_index = options.class_index(source.num_classes)
     used = len(class_index) if class_index else source.num_classes
@@ -384,171 +370,39 @@ def kernel_tiles(source: LogitSource, queries: str = "test", options: KernelOpti
         yield start, stop, acc.values.mul_(scale)
 
 
-def row_topk(values: torch.Tensor, k: int, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Largest ``k`` entries of each row of ``values (Nq, M)``, best first: ``(values, indices)``.
-
-    Column ``i < m * chunk`` belongs to group ``i % m`` (``m = M // chunk`` groups). The ``k``
-    largest entries of a row lie in its ``k`` groups with the largest maxima (or among the last
-    ``M % chunk`` columns), so only those ``k * chunk`` candidates are sorted: one pass of maxima
-    over the matrix instead of a selection over every row.
-    """
-    Nq, M = values.shape
-    chunk = chunk or max(1, int(math.sqrt(M / max(k, 1))))
-    m = M // chunk
-    if m < 4 * k or chunk < 2:
-        return values.topk(k, dim=1)
-    main = values[:, : m * chunk].view(Nq, chunk, m)
-    _, groups = main.amax(dim=1).topk(k, dim=1)  # (Nq, k)
-    candidates = main.gather(2, groups[:, None, :].expand(Nq, chunk, k)).reshape(Nq, chunk * k)
-    tail = M - m * chunk
-    if tail:
-        candidates = torch.cat([candidates, values[:, m * chunk :]], dim=1)
-    top, where = candidates.topk(k, dim=1)
-    in_groups = where < chunk * k
-    offset, slot = torch.div(where, k, rounding_mode="floor"), where % k
-    index = torch.where(in_groups, offset * m + groups.gather(1, slot.clamp_(max=k - 1)), where - chunk * k + m * chunk)
-    return top, index
-
-
 def kernel_matrix(source: LogitSource, queries: str = "test", options: KernelOptions = KernelOptions(), workspace: Workspace | None = None) -> np.ndarray:
     """The whole kernel, ``(Nq, Nt)`` float32 (for populations whose kernel fits in memory)."""
     parts = [tile.cpu().numpy().copy() for _, _, tile in kernel_tiles(source, queries, options, workspace)]
     return np.concatenate(parts, axis=1)
 
 
-@dataclass
-class Neighbours:
+class Top(NamedTuple):
     """The ``k`` most similar train examples of every query: ``indices (Nq, k) int64`` (train
     indices, most similar first) and ``values (Nq, k) float32`` (their kernel values)."""
 
     indices: np.ndarray
     values: np.ndarray
-    params: dict = field(default_factory=dict)
-    runs: np.ndarray | None = None  # the population's run indices the kernel was computed from
-
-    @property
-    def k(self) -> int:
-        return int(self.indices.shape[1])
-
-    def head(self, k: int) -> "Neighbours":
-        """The first ``k`` neighbours of every query."""
-        if k > self.k:
-            raise ValueError(f"asked for {k} neighbours, only {self.k} were kept")
-        return Neighbours(self.indices[:, :k], self.values[:, :k], {**self.params, "k": k}, self.runs)
 
 
-def kernel_topk(source: LogitSource, k: int, queries: str = "test", options: KernelOptions = KernelOptions(), workspace: Workspace | None = None) -> Neighbours:
+def kernel_topk(source: LogitSource, k: int, queries: str = "test", options: KernelOptions = KernelOptions(), workspace: Workspace | None = None) -> Top:
     """The top-``k`` train examples of every query by kernel value, tile by tile of train
     examples (memory ``O(Nq x tile)``). With ``queries='train'`` an example is never its own
-    neighbour. Ties come in no particular order."""
+    neighbour. Equal kernel values: the lower train index first."""
     n_train = source.size("train")
     candidates = n_train - (1 if queries == "train" else 0)
-    if not 1 <= k <= candidates:
-        raise ValueError(f"k must lie in 1..{candidates} (the train examples available as neighbours), got {k}")
-    best_values = best_indices = None
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= candidates:
+        raise OptionError("k", f"must lie in 1..{candidates} (the train examples available as neighbours), got {k!r}")
+    best = None
     for start, stop, tile in kernel_tiles(source, queries, options, workspace):
         if queries == "train":
             rows = torch.arange(start, stop, device=tile.device)
             tile[rows, rows - start] = -math.inf
-        kk = min(k, stop - start)
-        values, indices = row_topk(tile, kk)
-        indices += start
-        if best_values is not None:
-            values = torch.cat([best_values, values], dim=1)
-            indices = torch.cat([best_indices, indices], dim=1)
-            values, order = values.topk(min(k, values.shape[1]), dim=1)
-            indices = indices.gather(1, order)
-        best_values, best_indices = values, indices
+        if best is None:
+            best = TopK(tile.shape[0], k, device=tile.device)
+        values, indices = topk(tile, min(k, stop - start), ordered=False)
+        best.merge(slice(None), values, indices + start)
         del tile
-    params = {"k": k, "queries": queries, "runs": source.num_runs, **options.params()}
-    return Neighbours(best_indices.cpu().numpy().astype(np.int64), best_values.cpu().numpy().astype(np.float32), params)
-
-
-# --------------------------------------------------------------------- populations and store
-
-
-def kernel_name(queries: str = "test", log_softmax: bool = True, classes: Sequence[int] | None = None) -> str:
-    """Where :func:`save_neighbours` keeps neighbours computed with these options:
-    ``analysis/kernel-<queries>[-raw][-class-<c>...]`` (raw: without the log-softmax)."""
-    name = f"kernel-{queries}" + ("" if log_softmax else "-raw")
-    if classes is not None:
-        name += "-class-" + "-".join(str(int(c)) for c in classes)
-    return name
-
-
-def neighbours(
-    pop: Population,
-    k: int = 50,
-    queries: str = "test",
-    runs=None,
-    log_softmax: bool = True,
-    classes: Sequence[int] | None = None,
-    precision: str = "float32",
-    device: str = "cpu",
-    memory_gb: float = 4.0,
-    block_runs: int | None = None,
-    workspace: Workspace | None = None,
-) -> Neighbours:
-    """Top-``k`` kernel neighbours among the train examples for every query example of ``pop``.
-
-    ``runs``: None (every ok run), ``n`` (the first ``n`` ok runs) or run indices.
-    ``workspace``: buffers to reuse across calls (see :class:`Workspace`).
-    """
-    source = PopulationLogits(pop, runs, ("train", "test") if queries == "test" else ("train",))
-    options = KernelOptions(log_softmax, None if classes is None else tuple(classes), precision, device, memory_gb, block_runs)
-    nb = kernel_topk(source, k, queries, options, workspace)
-    nb.runs = source.runs
-    nb.params["first_runs"] = bool(np.array_equal(source.runs, pop.run_indices("ok")[: source.num_runs]))
-    return nb
-
-
-def save_neighbours(pop: Population, nb: Neighbours, name: str | None = None) -> str:
-    """Keep ``nb`` in the store under ``analysis/<name>`` (arrays ``indices``, ``values``;
-    the parameters as attributes). Returns the group path."""
-    name = name or kernel_name(nb.params.get("queries", "test"), nb.params.get("log_softmax", True), nb.params.get("classes"))
-    group = pop.store.analysis_group(name, nb.params)
-    group.create_array("indices", data=nb.indices)
-    group.create_array("values", data=nb.values)
-    if nb.runs is not None:
-        group.create_array("runs", data=np.asarray(nb.runs, dtype=np.int64))
-    return f"analysis/{name}"
-
-
-def load_neighbours(pop: Population, name: str = "kernel-test") -> Neighbours:
-    path = f"analysis/{name}"
-    if path not in pop.store.group:
-        raise StoreError(f"{pop.path}: no {path}; compute it with `manyruns kernel {pop.path}`")
-    group = pop.store.group[path]
-    runs = np.asarray(group["runs"][:]) if "runs" in group else None
-    return Neighbours(np.asarray(group["indices"][:]), np.asarray(group["values"][:]), dict(group.attrs["params"]), runs)
-
-
-def stored_or_computed(pop: Population, k: int, queries: str = "test", runs=None, log_softmax: bool = True, classes: Sequence[int] | None = None, **kwargs) -> Neighbours:
-    """Neighbours kept by :func:`save_neighbours` when they were computed from the same runs
-    with the same options and at least ``k`` neighbours; otherwise computed (not stored)."""
-    name = kernel_name(queries, log_softmax, classes)
-    if f"analysis/{name}" in pop.store.group:
-        stored = load_neighbours(pop, name)
-        if (
-            stored.k >= k
-            and stored.params.get("precision", "float32") == kwargs.get("precision", "float32")
-            and stored.runs is not None
-            and np.array_equal(stored.runs, select_runs(pop, runs))
-        ):
-            return stored.head(k)
-    return neighbours(pop, k, queries, runs, log_softmax, classes, **kwargs)
-
-
-def describe(nb: Neighbours) -> dict:
-    """A short JSON-ready summary of a neighbour table."""
-    top = nb.values[:, 0]
-    return {
-        **nb.params,
-        "queries_count": int(nb.indices.shape[0]),
-        "top1_mean": float(np.mean(top)),
-        "top1_max": float(np.max(top)),
-        "top1_min": float(np.min(top)),
-    }
+    return Top(best.index.cpu().numpy().astype(np.int64), best.value.cpu().numpy().astype(np.float32))
 
 
 __all__ = [
@@ -556,16 +410,12 @@ __all__ = [
     "ColumnMoments",
     "KernelOptions",
     "LogitSource",
-    "Neighbours",
     "PopulationLogits",
+    "Top",
+    "Workspace",
     "column_moments",
-    "describe",
     "kernel_matrix",
     "kernel_tiles",
     "kernel_topk",
-    "load_neighbours",
-    "neighbours",
-    "save_neighbours",
-    "select_runs",
-    "stored_or_computed",
+    "plan_memory",
 ]

@@ -9,13 +9,17 @@ neighbour's class.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
+from ..errors import OptionError, check_number
 from ..population import Population
+from .contract import Result, options_of
 from .ensemble import ensemble_accuracy
-from .kernel import Neighbours, select_runs, stored_or_computed
+from .kernel import KernelOptions, Workspace
+from .neighbours import NeighbourOptions, Neighbours, stored_or_computed
 
 
 def knn_predict(nb: Neighbours, train_labels: np.ndarray, num_classes: int, k: int = 3, power: float = 0.0) -> np.ndarray:
@@ -24,9 +28,8 @@ def knn_predict(nb: Neighbours, train_labels: np.ndarray, num_classes: int, k: i
     ``train_labels``: ``(Nt,)`` labels of the train examples that ``nb.indices`` points into.
     """
     if k < 1 or k > nb.k:
-        raise ValueError(f"k must lie in 1..{nb.k} (the neighbours kept), got {k}")
-    if power < 0:
-        raise ValueError(f"power must be >= 0, got {power}")
+        raise OptionError("k", f"must lie in 1..{nb.k} (the neighbours kept), got {k}")
+    check_number("power", power, 0)
     labels = np.asarray(train_labels)[nb.indices[:, :k]]  # (Nq, k)
     if power == 0:
         weights = np.ones(labels.shape, dtype=np.float64)
@@ -46,61 +49,80 @@ def knn_accuracy(nb: Neighbours, train_labels: np.ndarray, test_labels: np.ndarr
     return float(np.mean(knn_predict(nb, train_labels, num_classes, k, power) == np.asarray(test_labels)))
 
 
-@dataclass
-class KnnResult:
-    """k-NN test accuracy with all the chosen runs and, optionally, with the first ``n`` of them."""
+@dataclass(frozen=True, kw_only=True)
+class KnnOptions(KernelOptions):
+    """``k``: neighbours that vote; ``power``: 0 for a majority vote, ``p > 0`` for votes
+    weighted by ``max(K, 0) ** p``; ``sizes``: also the accuracy with the first ``n`` of the
+    selected runs, for each ``n``; and the kernel's options (:class:`~.kernel.KernelOptions`)."""
 
-    k: int
-    power: float
-    runs: int
+    k: int = 3
+    power: float = 0.0
+    sizes: tuple[int, ...] | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        check_number("k", self.k, 1, integer=True)
+        check_number("power", self.power, 0)
+        if self.sizes is not None:
+            object.__setattr__(self, "sizes", tuple(int(n) for n in self.sizes))
+            if not self.sizes:
+                raise OptionError("sizes", "needs at least one run count")
+
+
+@dataclass(kw_only=True)
+class KnnResult(Result):
+    """k-NN test accuracy with all the selected runs (``accuracy``, next to the mean-logit
+    ensemble's ``ensemble_accuracy``) and, with sizes, with the first ``n`` of them
+    (``by_runs``: one dict per size)."""
+
+    name = "knn"
     accuracy: float
     ensemble_accuracy: float
-    by_runs: list[dict] = field(default_factory=list)
-    params: dict = field(default_factory=dict)
+    by_runs: list[dict]
 
-    def to_dict(self) -> dict:
-        out = {"k": self.k, "power": self.power, "runs": self.runs, "accuracy": self.accuracy, "ensemble_accuracy": self.ensemble_accuracy}
+    def table(self) -> pd.DataFrame:
+        """One row per number of runs (the last: all selected runs): runs, accuracy, ensemble_accuracy."""
+        rows = self.by_runs + [{"runs": self.run_count, "accuracy": self.accuracy, "ensemble_accuracy": self.ensemble_accuracy}]
+        return pd.DataFrame(rows, columns=["runs", "accuracy", "ensemble_accuracy"]).drop_duplicates("runs", keep="last")
+
+    def _summary(self) -> dict:
+        out = {"k": self.options.k, "power": self.options.power, "accuracy": self.accuracy, "ensemble_accuracy": self.ensemble_accuracy}
         if self.by_runs:
             out["by_runs"] = list(self.by_runs)
-        return {**out, **{k: v for k, v in self.params.items() if k not in out}}
+        return out
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """``run_counts``, ``accuracy``, ``ensemble_accuracy``: one entry per size, the last for all runs."""
+        t = self.table()
+        return {
+            "run_counts": t["runs"].to_numpy(np.int64),
+            "accuracy": t["accuracy"].to_numpy(np.float64),
+            "ensemble_accuracy": t["ensemble_accuracy"].to_numpy(np.float64),
+        }
 
 
-def knn_evaluate(
-    pop: Population,
-    k: int = 3,
-    power: float = 0.0,
-    sizes: list[int] | None = None,
-    runs=None,
-    log_softmax: bool = True,
-    **kernel_options,
-) -> KnnResult:
-    """k-NN test accuracy of the kernel of ``runs`` (default every ok run), next to the ensemble
-    (mean-logit) accuracy of the same runs; with ``sizes``, also for the first ``n`` runs of them
-    for each ``n``. Neighbours stored under ``analysis/kernel-test`` are reused when they match."""
-    chosen = select_runs(pop, runs)
+def knn_evaluate(pop: Population, options: KnnOptions | None = None, workspace: Workspace | None = None, **fields) -> KnnResult:
+    """k-NN test accuracy of the kernel of the selected runs, next to the ensemble (mean-logit)
+    accuracy of the same runs; with sizes, also for the first ``n`` runs of them for each ``n``.
+    Neighbours saved in the store are reused when they match (runs and kernel options)."""
+    options = options_of(KnnOptions, options, fields)
+    chosen = pop.select(options.runs)
     y_train, y_test = pop.targets("train"), pop.targets("test")
     C = pop.classes
+    kernel = options.kernel_fields()
 
     def evaluate(indices: np.ndarray) -> tuple[float, float]:
-        nb = stored_or_computed(pop, k, "test", indices, log_softmax, **kernel_options)
-        return knn_accuracy(nb, y_train, y_test, C, k, power), ensemble_accuracy(pop, "test", indices)["logit_accuracy"]
+        nb = stored_or_computed(pop, NeighbourOptions(k=options.k, queries="test", runs=indices, **kernel), workspace)
+        return knn_accuracy(nb, y_train, y_test, C, options.k, options.power), ensemble_accuracy(pop, "test", indices)["logit_accuracy"]
 
     accuracy, ens = evaluate(chosen)
     by_runs = []
-    for n in sizes or []:
+    for n in options.sizes or []:
         if not 2 <= n <= chosen.size:
-            raise ValueError(f"--runs {n}: needs 2..{chosen.size} runs (the kernel standardizes across runs)")
+            raise OptionError("sizes", f"{{param}} {n}: needs 2..{chosen.size} runs (the kernel standardizes across runs)")
         acc_n, ens_n = (accuracy, ens) if n == chosen.size else evaluate(chosen[:n])
         by_runs.append({"runs": int(n), "accuracy": acc_n, "ensemble_accuracy": ens_n})
-    params = {"log_softmax": log_softmax, **{key: v for key, v in kernel_options.items() if key in ("precision", "classes")}}
-    return KnnResult(k, float(power), int(chosen.size), accuracy, ens, by_runs, params)
+    return KnnResult(runs=chosen, options=options, accuracy=accuracy, ensemble_accuracy=ens, by_runs=by_runs)
 
 
-def save_knn(pop: Population, result: KnnResult, name: str = "knn") -> str:
-    """Keep ``result`` under ``analysis/<name>``: arrays ``runs``, ``accuracy``, ``ensemble_accuracy``
-    (one entry per size, the last for all runs); the parameters as attributes."""
-    rows = result.by_runs + [{"runs": result.runs, "accuracy": result.accuracy, "ensemble_accuracy": result.ensemble_accuracy}]
-    group = pop.store.analysis_group(name, {**result.params, "k": result.k, "power": result.power})
-    for key, dtype in (("runs", np.int64), ("accuracy", np.float64), ("ensemble_accuracy", np.float64)):
-        group.create_array(key, data=np.array([row[key] for row in rows], dtype=dtype))
-    return f"analysis/{name}"
+__all__ = ["KnnOptions", "KnnResult", "knn_accuracy", "knn_evaluate", "knn_predict"]

@@ -4,29 +4,30 @@ with neighbours in one run's penultimate-feature space.
 * :func:`rank_pairs`: query examples ranked by the kernel value of their most similar train
   example (a table: rank, query index, train index, kernel, both labels); with
   ``different_labels`` only the pairs whose labels differ (candidate failure modes).
-* :func:`neighbour_grid`: for a range of ranks, each query image beside its nearest train images.
-* :func:`feature_neighbours` and :func:`kernel_vs_features_grid`: random queries with their
-  nearest train examples by the kernel and by Euclidean distance between penultimate-layer
-  features of one run (``features/{train,test}``, kept by ``[record] features = n``).
+* :func:`pairs`: the analysis over a population: the ranked table, the ranks asked for and,
+  optionally, random test examples with their nearest train examples by the kernel and by
+  Euclidean distance between penultimate-layer features of one run (:func:`features_comparison`;
+  ``features/{train,test}``, kept by ``[record] features = n``).
+
+The image grids of these pairs are drawn by :mod:`manyruns.report.pairs`.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ..data import Dataset
+from ..errors import NotApplicableError, OptionError, check_number
 from ..population import Population
-from ..report.grids import Cell, image_grid
-from ..store import StoreError
-from .kernel import Neighbours
+from .contract import Result, options_of
+from .kernel import KernelOptions, Workspace
+from .neighbours import NeighbourOptions, Neighbours, stored_or_computed
 
 PAIR_COLUMNS = ("rank", "test_index", "train_index", "kernel", "test_label", "train_label")
-SAME, DIFFERENT = "#2a9d2a", "#d62728"
 
 
 def rank_pairs(nb: Neighbours, query_labels: np.ndarray, train_labels: np.ndarray, different_labels: bool = False, query_name: str = "test") -> pd.DataFrame:
@@ -69,72 +70,101 @@ def parse_ranks(text: str) -> tuple[int, int]:
     """``'601-648'`` -> ``(601, 648)`` (1-based, inclusive); ``'5'`` -> ``(5, 5)``."""
     m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", text)
     if not m:
-        raise ValueError(f"ranks must look like FIRST-LAST (e.g. 601-648), got {text!r}")
+        raise OptionError("ranks", f"must look like FIRST-LAST (e.g. 601-648), got {text!r}")
     first, last = int(m.group(1)), int(m.group(2) or m.group(1))
     if first < 1 or last < first:
-        raise ValueError(f"ranks must satisfy 1 <= FIRST <= LAST, got {text!r}")
+        raise OptionError("ranks", f"must satisfy 1 <= FIRST <= LAST, got {text!r}")
     return first, last
 
 
 def select_ranks(table: pd.DataFrame, first: int, last: int) -> pd.DataFrame:
     """Rows with ``first <= rank <= last``; an error when the table does not reach ``first``."""
     if first > len(table):
-        raise ValueError(f"rank {first} asked for, but there are only {len(table)} ranked pairs")
+        raise OptionError("ranks", f"{{param}} {first}-{last}: there are only {len(table)} ranked pairs")
     return table[(table["rank"] >= first) & (table["rank"] <= last)]
 
 
-def _caption(prefix: str, index: int, label: int, classes: tuple[str, ...]) -> str:
-    name = classes[label] if 0 <= label < len(classes) else str(label)
-    return f"{prefix}{index}\n{name[:12]}"
+@dataclass(frozen=True, kw_only=True)
+class PairsOptions(KernelOptions):
+    """``ranks``: the ranks to report, 'FIRST-LAST' (default 1-48, or 1-8 with
+    ``different_labels``); ``different_labels``: keep the pairs whose labels differ;
+    ``neighbours``: nearest train examples kept per test example; ``features``: also compare,
+    on ``random`` test examples drawn with ``seed``, the kernel's nearest train examples with
+    those by the penultimate features of run ``feature_run`` (default: the first that kept
+    them); and the kernel's options (:class:`~.kernel.KernelOptions`)."""
+
+    ranks: str | None = None
+    different_labels: bool = False
+    neighbours: int = 1
+    features: bool = False
+    random: int = 10
+    seed: int = 0
+    feature_run: int | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        parse_ranks(self.rank_text)
+        check_number("neighbours", self.neighbours, 1, integer=True)
+        check_number("random", self.random, 1, integer=True)
+        check_number("seed", self.seed, 0, integer=True)
+        if self.feature_run is not None:
+            check_number("feature_run", self.feature_run, 0, integer=True)
+
+    @property
+    def rank_text(self) -> str:
+        return self.ranks or ("1-8" if self.different_labels else "1-48")
 
 
-def neighbour_grid(
-    rows: pd.DataFrame,
-    nb: Neighbours,
-    query_images: np.ndarray,
-    train_images: np.ndarray,
-    train_labels: np.ndarray,
-    classes: tuple[str, ...],
-    path: str | Path,
-    neighbours: int = 1,
-    title: str | None = None,
-    query_name: str = "test",
-) -> Path:
-    """Each query of ``rows`` (a :func:`rank_pairs` table) beside its ``neighbours`` nearest
-    train images, framed green where the labels agree and red where they differ. With one
-    neighbour, several pairs share a grid row.
+@dataclass(kw_only=True)
+class PairsResult(Result):
+    """Test examples ranked by the kernel value of their nearest train example: ``ranked`` (every
+    ranked pair, see :func:`rank_pairs`), ``chosen`` (the ranks asked for), ``neighbours`` (the
+    kernel neighbours they came from) and, with ``features``, the comparison with one run's
+    penultimate features (:func:`features_comparison`)."""
 
-    Images: ``(N, C, H, W) uint8``; ``nb`` is the neighbour table the ranks came from.
-    """
-    if neighbours > nb.k:
-        raise ValueError(f"{neighbours} neighbours asked for, only {nb.k} were computed")
-    per_row = max(1, 16 // (1 + neighbours)) if neighbours <= 3 else 1
-    grid, current = [], []
-    for row in rows.itertuples(index=False):
-        q = int(getattr(row, f"{query_name}_index"))
-        q_label = int(getattr(row, f"{query_name}_label"))
-        current.append(Cell(query_images[q], f"#{row.rank} {_caption(query_name + ' ', q, q_label, classes)}"))
-        for j in range(neighbours):
-            t = int(nb.indices[q, j])
-            label = int(train_labels[t])
-            caption = f"{nb.values[q, j]:.3f} {_caption('train ', t, label, classes)}"
-            current.append(Cell(train_images[t], caption, SAME if label == q_label else DIFFERENT))
-        if len(current) >= per_row * (1 + neighbours):
-            grid.append(current)
-            current = []
-    if current:
-        grid.append(current)
-    return image_grid(grid, path, title)
+    name = "pairs"
+    ranked: pd.DataFrame
+    chosen: pd.DataFrame
+    neighbours: Neighbours
+    features: dict | None = None
+
+    def table(self) -> pd.DataFrame:
+        return self.ranked
+
+    def _summary(self) -> dict:
+        first, last = parse_ranks(self.options.rank_text)
+        return {
+            "ranked": int(len(self.ranked)),
+            "different_labels": self.options.different_labels,
+            "ranks": [first, last],
+            "pairs": self.chosen.to_dict(orient="records"),
+            "features": self.features,
+        }
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {f"ranked/{col}": self.ranked[col].to_numpy() for col in self.ranked.columns}
+
+
+def pairs(pop: Population, options: PairsOptions | None = None, workspace: Workspace | None = None, **fields) -> PairsResult:
+    """Rank the test examples of ``pop`` by the kernel value of their nearest train example
+    (neighbours saved in the store are reused when they match)."""
+    options = options_of(PairsOptions, options, fields)
+    k = max(options.neighbours, 2 if options.features else 1)
+    nb = stored_or_computed(pop, NeighbourOptions(k=k, queries="test", runs=options.runs, **options.kernel_fields()), workspace)
+    ranked = rank_pairs(nb, pop.targets("test"), pop.targets("train"), options.different_labels)
+    chosen = select_ranks(ranked, *parse_ranks(options.rank_text))
+    features = features_comparison(pop, nb, options.random, 2, options.seed, options.feature_run) if options.features else None
+    return PairsResult(runs=nb.runs, options=options, ranked=ranked, chosen=chosen, neighbours=nb, features=features)
 
 
 def feature_run(pop: Population) -> int:
     """The first ok run that recorded penultimate-layer features."""
     if not pop.store.has("features/test"):
-        raise StoreError(f"{pop.path}: this store records no penultimate features; set `[record] features = n` in the recipe")
+        raise NotApplicableError(f"{pop.path}: this store records no penultimate features; set `[record] features = n` in the recipe")
     keep = pop.recipe.record.features
-    ok = [int(r) for r in pop.run_indices("ok") if r < keep]
+    ok = [int(r) for r in np.flatnonzero(pop.store.status_codes() == 1) if r < keep]
     if not ok:
-        raise StoreError(f"{pop.path}: none of the first {keep} runs (those that keep features) is committed and ok")
+        raise NotApplicableError(f"{pop.path}: none of the first {keep} runs (those that keep features) is committed and ok")
     return ok[0]
 
 
@@ -157,49 +187,24 @@ def feature_neighbours(train_features: np.ndarray, query_features: np.ndarray, k
     return torch.cat(out).numpy().astype(np.int64)
 
 
-def kernel_vs_features_grid(
-    pop: Population,
-    dataset: Dataset,
-    nb: Neighbours,
-    path: str | Path,
-    count: int = 10,
-    neighbours: int = 2,
-    seed: int = 0,
-    run: int | None = None,
-) -> tuple[Path, dict]:
-    """``count`` random test images (first row), their ``neighbours`` nearest train images by
-    the kernel (next rows), then by penultimate features of run ``run`` (default: the first
-    run that kept them). Returns the figure path and the chosen indices."""
+def features_comparison(pop: Population, nb: Neighbours, count: int = 10, neighbours: int = 2, seed: int = 0, run: int | None = None) -> dict:
+    """``count`` random test examples (drawn with ``seed``), their ``neighbours`` nearest train
+    examples by the kernel (``nb``) and by penultimate features of run ``run`` (default: the
+    first run that kept them): ``{"queries", "kernel", "features", "feature_run"}``."""
     run = feature_run(pop) if run is None else run
     train_f = np.asarray(pop.array("features/train")[run], dtype=np.float32)
     test_f = np.asarray(pop.array("features/test")[run], dtype=np.float32)
     if not np.isfinite(train_f).all() or not np.isfinite(test_f).all():
-        raise StoreError(f"{pop.path}: run {run} has no recorded features (only the first {pop.recipe.record.features} runs keep them)")
-    rng = np.random.default_rng(seed)
-    queries = np.sort(rng.choice(dataset.n_test, size=min(count, dataset.n_test), replace=False))
+        raise NotApplicableError(f"{pop.path}: run {run} has no recorded features (only the first {pop.recipe.record.features} runs keep them)")
+    n_test = test_f.shape[0]
+    queries = np.sort(np.random.default_rng(seed).choice(n_test, size=min(count, n_test), replace=False))
     by_features = feature_neighbours(train_f, test_f[queries], neighbours)
-    y_train, y_test, classes = dataset.y_train, dataset.y_test, dataset.classes
-    rows = [[Cell(dataset.x_test[q], _caption("test ", int(q), int(y_test[q]), classes)) for q in queries]]
-    labels = ["test"]
-    for j in range(neighbours):
-        rows.append([_neighbour_cell(dataset, int(nb.indices[q, j]), int(y_test[q]), f"{nb.values[q, j]:.3f} ") for q in queries])
-        labels.append(f"kernel #{j + 1}")
-    for j in range(neighbours):
-        rows.append([_neighbour_cell(dataset, int(by_features[i, j]), int(y_test[q]), "") for i, q in enumerate(queries)])
-        labels.append(f"features #{j + 1}\n(run {run})")
-    out = image_grid(rows, path, f"random test examples: nearest train examples by the kernel ({nb.params.get('runs', '?')} runs) and by penultimate features (run {run})", labels)
-    chosen = {
+    return {
         "queries": queries.tolist(),
         "kernel": nb.indices[queries, :neighbours].tolist(),
         "features": by_features.tolist(),
-        "feature_run": run,
+        "feature_run": int(run),
     }
-    return out, chosen
-
-
-def _neighbour_cell(dataset: Dataset, t: int, query_label: int, prefix: str) -> Cell:
-    label = int(dataset.y_train[t])
-    return Cell(dataset.x_train[t], prefix + _caption("train ", t, label, dataset.classes), SAME if label == query_label else DIFFERENT)
 
 
 def label_agreement(nb: Neighbours, query_labels: np.ndarray, train_labels: np.ndarray, neighbours: int = 1) -> float:

@@ -17,12 +17,16 @@ end of each epoch; with ``"running"``, the average over the epoch's batches (whi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
+from ..errors import NotApplicableError, check_number
 from ..population import Population
 from ..store import METRIC_COLUMNS, SUMMARY_COLUMNS
+from ..streaming import Moments, json_float, mean_and_variance
+from .contract import Options, Result, options_of
 
 FIT_THRESHOLDS = (0.99, 1.0)
 """Train accuracies that count as fitted: 99% and 100%."""
@@ -65,88 +69,54 @@ def epochs_to_fit(train_acc: np.ndarray, threshold: float) -> np.ndarray:
     return first
 
 
-@dataclass
 class LevelSums:
-    """Sums over the runs of one corruption level. Blocks of runs add; two sums :meth:`merge`.
+    """Sums over the runs of one corruption level: moments (:class:`~manyruns.streaming.Moments`)
+    of the per-epoch metrics ``(E+1, 4)``, of the final summary columns ``(6,)`` and of the
+    epochs to fit each threshold ``(2,)`` (over the runs that got there), and the latest epoch
+    to fit. Blocks of runs add; two sums :meth:`merge`. Non-finite values are not counted."""
 
-    Shapes: ``E1 = E + 1`` metric rows, ``M = 4`` metric columns, ``S = 6`` summary columns.
-    """
-
-    epochs: int
-    runs: int = 0
-    count: np.ndarray = field(default=None)  # (E1, M) finite values per row and column
-    total: np.ndarray = field(default=None)  # (E1, M) float64
-    total_sq: np.ndarray = field(default=None)  # (E1, M) float64
-    final: np.ndarray = field(default=None)  # (S,) float64 sums of the summary columns
-    final_sq: np.ndarray = field(default=None)  # (S,)
-    final_count: np.ndarray = field(default=None)  # (S,)
-    fit_runs: np.ndarray = field(default=None)  # (2,) runs that reached each threshold
-    fit_total: np.ndarray = field(default=None)  # (2,) sum of their epochs to fit
-    fit_total_sq: np.ndarray = field(default=None)  # (2,)
-    fit_max: np.ndarray = field(default=None)  # (2,) latest epoch to fit among them
-
-    def __post_init__(self) -> None:
-        rows, m, s, k = self.epochs + 1, len(METRIC_COLUMNS), len(SUMMARY_COLUMNS), len(FIT_THRESHOLDS)
-        defaults = {
-            "count": np.zeros((rows, m), np.int64),
-            "total": np.zeros((rows, m)),
-            "total_sq": np.zeros((rows, m)),
-            "final": np.zeros(s),
-            "final_sq": np.zeros(s),
-            "final_count": np.zeros(s, np.int64),
-            "fit_runs": np.zeros(k, np.int64),
-            "fit_total": np.zeros(k),
-            "fit_total_sq": np.zeros(k),
-            "fit_max": np.full(k, -np.inf),
-        }
-        for name, value in defaults.items():
-            if getattr(self, name) is None:
-                setattr(self, name, value)
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+        self.runs = 0
+        self.metrics = Moments.zeros((epochs + 1, len(METRIC_COLUMNS)))
+        self.final_moments = Moments.zeros(len(SUMMARY_COLUMNS))
+        self.fit = Moments.zeros(len(FIT_THRESHOLDS))
+        self.fit_max = np.full(len(FIT_THRESHOLDS), -np.inf)
 
     def add(self, metrics: np.ndarray, summary: np.ndarray) -> None:
         """Add runs: ``metrics (b, E+1, 4)``, ``summary (b, 6)``."""
-        m = np.asarray(metrics, dtype=np.float64)
-        finite = np.isfinite(m)
-        self.runs += m.shape[0]
-        self.count += finite.sum(0)
-        self.total += np.where(finite, m, 0).sum(0)
-        self.total_sq += np.where(finite, m * m, 0).sum(0)
-        s = np.asarray(summary, dtype=np.float64)
-        ok = np.isfinite(s)
-        self.final += np.where(ok, s, 0).sum(0)
-        self.final_sq += np.where(ok, s * s, 0).sum(0)
-        self.final_count += ok.sum(0)
-        for k, threshold in enumerate(FIT_THRESHOLDS):
-            first = epochs_to_fit(np.asarray(metrics)[:, :, _TRAIN_ACC], threshold)
-            done = first[np.isfinite(first)]
-            self.fit_runs[k] += done.size
-            self.fit_total[k] += done.sum()
-            self.fit_total_sq[k] += (done * done).sum()
-            if done.size:
-                self.fit_max[k] = max(self.fit_max[k], done.max())
+        self.runs += metrics.shape[0]
+        self.metrics.add(metrics)
+        self.final_moments.add(summary)
+        first = np.stack([epochs_to_fit(np.asarray(metrics)[:, :, _TRAIN_ACC], t) for t in FIT_THRESHOLDS], 1)  # (b, 2)
+        self.fit.add(first)
+        self.fit_max = np.fmax(self.fit_max, np.nanmax(first, axis=0, initial=-np.inf))
 
     def merge(self, other: "LevelSums") -> "LevelSums":
         if other.epochs != self.epochs:
             raise ValueError(f"cannot merge sums over {self.epochs} and {other.epochs} epochs")
-        out = LevelSums(self.epochs, self.runs + other.runs)
-        for name in ("count", "total", "total_sq", "final", "final_sq", "final_count", "fit_runs", "fit_total", "fit_total_sq"):
-            setattr(out, name, getattr(self, name) + getattr(other, name))
+        out = LevelSums(self.epochs)
+        out.runs = self.runs + other.runs
+        out.metrics, out.final_moments, out.fit = self.metrics + other.metrics, self.final_moments + other.final_moments, self.fit + other.fit
         out.fit_max = np.maximum(self.fit_max, other.fit_max)
         return out
 
+    # the sums by name: per-epoch metrics, final summary columns, epochs to fit
+    count = property(lambda self: self.metrics.count)
+    total = property(lambda self: self.metrics.total)
+    total_sq = property(lambda self: self.metrics.total_sq)
+    final = property(lambda self: self.final_moments.total)
+    final_sq = property(lambda self: self.final_moments.total_sq)
+    final_count = property(lambda self: self.final_moments.count)
+    fit_runs = property(lambda self: self.fit.count)
+    fit_total = property(lambda self: self.fit.total)
+    fit_total_sq = property(lambda self: self.fit.total_sq)
 
-def _mean_std(total: np.ndarray, total_sq: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and sample standard deviation (ddof 1) from sums; NaN where undefined."""
-    count = np.asarray(count, dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(count > 0, total / count, np.nan)
-        var = np.where(count > 1, (total_sq - count * mean * mean) / (count - 1), np.nan)
-    return mean, np.sqrt(np.maximum(var, 0))
 
-
-def _number(x) -> float | None:
-    x = float(x)
-    return x if np.isfinite(x) else None
+def _mean_std(moments: Moments, index) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sample standard deviation (ddof 1) of ``moments[index]``; NaN where undefined."""
+    mean, var = mean_and_variance(moments.total[index], moments.total_sq[index], moments.count[index])
+    return mean, np.sqrt(var)
 
 
 @dataclass
@@ -167,28 +137,24 @@ class FitCurves:
 
     def curve(self, column: str) -> tuple[np.ndarray, np.ndarray]:
         """Mean and spread (std over runs) of a metric column against epochs, ``(E+1,)`` each."""
-        j = METRIC_COLUMNS.index(column)
-        s = self.sums
-        return _mean_std(s.total[:, j], s.total_sq[:, j], s.count[:, j])
+        return _mean_std(self.sums.metrics, (slice(None), METRIC_COLUMNS.index(column)))
 
     def final(self, column: str) -> tuple[float | None, float | None]:
         """Mean and std over runs of a summary column (``train_acc``, ``test_acc``, ...)."""
-        j = SUMMARY_COLUMNS.index(column)
-        s = self.sums
-        mean, std = _mean_std(s.final[j], s.final_sq[j], s.final_count[j])
-        return _number(mean), _number(std)
+        mean, std = _mean_std(self.sums.final_moments, SUMMARY_COLUMNS.index(column))
+        return json_float(mean), json_float(std)
 
     def fit(self, k: int) -> dict:
         """Epochs to reach ``FIT_THRESHOLDS[k]``: mean over runs (None unless every run got there)."""
         s = self.sums
         n = int(s.fit_runs[k])
-        mean, std = _mean_std(s.fit_total[k], s.fit_total_sq[k], n)
+        mean, std = _mean_std(s.fit, k)
         every = n == s.runs and n > 0
         return {
-            "epochs": _number(mean) if every else None,
-            "std": _number(std) if every else None,
+            "epochs": json_float(mean) if every else None,
+            "std": json_float(std) if every else None,
             "runs": n,
-            "max": _number(s.fit_max[k]) if n else None,
+            "max": json_float(s.fit_max[k]) if n else None,
         }
 
     def to_dict(self, curves: bool = True) -> dict:
@@ -223,8 +189,8 @@ class FitCurves:
             for column in METRIC_COLUMNS:
                 mean, std = self.curve(column)
                 name = column.replace("_acc", "_accuracy")
-                out["curves"][f"{name}_mean"] = [_number(v) for v in mean]
-                out["curves"][f"{name}_std"] = [_number(v) for v in std]
+                out["curves"][f"{name}_mean"] = [json_float(v) for v in mean]
+                out["curves"][f"{name}_std"] = [json_float(v) for v in std]
         return out
 
 
@@ -245,26 +211,78 @@ def level_keys(pop: Population) -> tuple[list[tuple[float, float, str]], np.ndar
     return keys, index
 
 
-def fit_curves(pop: Population, runs="ok", block_size: int = 256) -> list[FitCurves]:
-    """Fit curves for every corruption level of ``pop`` (levels without runs are left out).
+@dataclass(frozen=True, kw_only=True)
+class FitCurvesOptions(Options):
+    """``block_size``: runs read at a time."""
 
-    ``runs``: 'ok' (default: committed, not diverged), 'committed', or run indices. Runs with
-    different swept hyperparameters at the same level are pooled.
-    """
+    block_size: int = 256
+
+    def validate(self) -> None:
+        check_number("block_size", self.block_size, 1, integer=True)
+
+
+@dataclass(kw_only=True)
+class FitCurvesResult(Result):
+    """The fit curves of every corruption level with runs (``levels``, in plan order; the
+    result iterates over them). Runs with different swept hyperparameters at one level are
+    pooled."""
+
+    name = "fit_curves"
+    levels: list[FitCurves]
+
+    def __iter__(self):
+        return iter(self.levels)
+
+    def __len__(self) -> int:
+        return len(self.levels)
+
+    def __getitem__(self, i: int) -> FitCurves:
+        return self.levels[i]
+
+    def table(self) -> pd.DataFrame:
+        """One row per corruption level: final accuracies, errors and epochs to fit."""
+        return pd.DataFrame([level.to_dict(curves=False) for level in self.levels])
+
+    def _summary(self, curves: bool = True) -> dict:
+        return {"levels": [level.to_dict(curves=curves) for level in self.levels]}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """``curve_mean``, ``curve_std`` ``(L, E+1, 4)`` and ``curve_count (L, E+1, 4)``."""
+        means, stds = [], []
+        for level in self.levels:
+            pairs = [level.curve(c) for c in METRIC_COLUMNS]
+            means.append(np.stack([m for m, _ in pairs], 1))
+            stds.append(np.stack([s for _, s in pairs], 1))
+        return {
+            "curve_mean": np.asarray(means, dtype=np.float32),
+            "curve_std": np.asarray(stds, dtype=np.float32),
+            "curve_count": np.asarray([level.sums.count for level in self.levels], dtype=np.int64),
+        }
+
+    def save(self, pop: Population) -> str:
+        """Also keeps the per-level table (``levels``) and the metric ``columns`` as attributes."""
+        where = super().save(pop)
+        group = pop.store.group[where]
+        group.attrs.update({"levels": [level.to_dict(curves=False) for level in self.levels], "columns": list(METRIC_COLUMNS)})
+        return where
+
+
+def fit_curves(pop: Population, options: FitCurvesOptions | None = None, **fields) -> FitCurvesResult:
+    """Fit curves for every corruption level of ``pop`` (levels without runs are left out)."""
+    options = options_of(FitCurvesOptions, options, fields)
     if "metrics" not in pop.arrays:
-        raise ValueError(f"{pop.path}: this store records no per-epoch metrics ([record] metrics = true)")
+        raise NotApplicableError(f"{pop.path}: this store records no per-epoch metrics ([record] metrics = true)")
     keys, level_of = level_keys(pop)
     epochs = pop.array("metrics").shape[1] - 1
     sums = [LevelSums(epochs) for _ in keys]
-    metric_blocks = pop.blocks("metrics", runs, block_size)
-    summary_blocks = pop.blocks("summary", runs, block_size)
-    for (idx, metrics), (_, summary) in zip(metric_blocks, summary_blocks):
+    runs = pop.select(options.runs)
+    for start in range(0, runs.size, options.block_size):
+        idx = runs[start : start + options.block_size]
+        metrics, summary = pop.read("metrics", idx), pop.read("summary", idx)
         levels = level_of[idx]
         for level in np.unique(levels):
             sel = levels == level
             sums[level].add(metrics[sel], summary[sel])
-    if not any(s.runs for s in sums):
-        raise ValueError(f"{pop.path}: no runs to summarize (train the population first: `manyruns train {pop.path}`)")
     recipe = pop.recipe
     has_noise = recipe.population.label_noise is not None
     varies_subset = len(recipe.population.subset_levels) > 1
@@ -284,20 +302,4 @@ def fit_curves(pop: Population, runs="ok", block_size: int = 256) -> list[FitCur
                 train_metrics=recipe.record.train_metrics,
             )
         )
-    return out
-
-
-def save_fit_curves(pop: Population, levels: list[FitCurves], params: dict | None = None) -> None:
-    """Keep the results in the store under ``analysis/fit_curves``: the per-level table as an
-    attribute, and ``curve_mean``, ``curve_std`` ``(L, E+1, 4)`` and ``curve_count (L, E+1, 4)``."""
-    group = pop.store.analysis_group("fit_curves", params or {})
-    group.attrs["levels"] = [level.to_dict(curves=False) for level in levels]
-    group.attrs["columns"] = list(METRIC_COLUMNS)
-    means, stds = [], []
-    for level in levels:
-        pairs = [level.curve(c) for c in METRIC_COLUMNS]
-        means.append(np.stack([m for m, _ in pairs], 1))
-        stds.append(np.stack([s for _, s in pairs], 1))
-    group.create_array("curve_mean", data=np.asarray(means, dtype=np.float32))
-    group.create_array("curve_std", data=np.asarray(stds, dtype=np.float32))
-    group.create_array("curve_count", data=np.asarray([level.sums.count for level in levels], dtype=np.int64))
+    return FitCurvesResult(runs=runs, options=options, levels=out)

@@ -21,8 +21,10 @@ Feature sets:
 * ``stats+hyper``: both.
 
 Networks, never checkpoints, are split into train, validation and test sets, so all
-checkpoints of one network fall on the same side. The split is a seeded permutation of every
-committed run, so it does not depend on the feature set, the model or the checkpoints chosen.
+checkpoints of one network fall on the same side. The split is a seeded permutation of the
+selected runs (``runs``; every ok run by default, ``"committed"`` to keep diverged networks'
+finite checkpoints as the published zoo does), so it does not depend on the feature set, the
+model or the checkpoints chosen.
 Samples whose features or target are not finite (diverged networks, checkpoints a network
 never reached) are left out and counted; the networks stay in the store, flagged.
 """
@@ -30,13 +32,15 @@ never reached) are left out and counted; the networks stay in the store, flagged
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from ..errors import NotApplicableError, OptionError, check_choice, check_number
 from ..population import Population
-from ..store import json_safe
+from ..selection import RunSelection
+from .contract import Options, Result, options_of
 from .zoo_predictors import GBM_BACKENDS, MODELS, fit_predictor
 
 FEATURE_SETS = ("stats", "weights", "hyper", "stats+hyper")
@@ -134,7 +138,7 @@ class ZooSamples:
 def _resolve_checkpoints(pop: Population, checkpoints) -> list[int]:
     recorded = checkpoint_epochs(pop)
     if not recorded:
-        raise ValueError(f"{pop.path}: this store records no weights; a zoo recipe needs [record] weights = [0, ...]")
+        raise NotApplicableError(f"{pop.path}: this store records no weights; a zoo recipe needs [record] weights = [0, ...]")
     if checkpoints is None:
         return [recorded[-1]]
     if isinstance(checkpoints, str):
@@ -145,23 +149,22 @@ def _resolve_checkpoints(pop: Population, checkpoints) -> list[int]:
         checkpoints = [int(checkpoints)]
     missing = [c for c in checkpoints if c not in recorded]
     if missing:
-        raise ValueError(f"{pop.path}: no weights recorded at epoch(s) {missing}; recorded: {recorded}")
+        raise OptionError("checkpoints", f"{{param}}: no weights recorded at epoch(s) {missing} in {pop.path}; recorded: {recorded}")
     return sorted(set(int(c) for c in checkpoints))
 
 
 def zoo_samples(
-    pop: Population, features: str = "stats", checkpoints=None, target: str = "checkpoint", runs="committed", block_size: int = 256
+    pop: Population, features: str = "stats", checkpoints=None, target: str = "checkpoint", runs: RunSelection = "committed", block_size: int = 256
 ) -> ZooSamples:
-    """Features and targets of every (network, checkpoint) sample, read block by block of runs.
+    """Features and targets of every (network, checkpoint) sample of the selected runs, read
+    block by block of runs.
 
     ``checkpoints``: None (the last recorded epoch), an epoch, a list, "e1,e2" or "all".
     """
-    if features not in FEATURE_SETS:
-        raise ValueError(f"features must be one of {', '.join(FEATURE_SETS)}, got {features!r}")
-    if target not in TARGETS:
-        raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
+    check_choice("features", features, FEATURE_SETS)
+    check_choice("target", target, TARGETS)
     epochs = _resolve_checkpoints(pop, checkpoints)
-    run_idx = pop.run_indices(runs) if isinstance(runs, str) else np.asarray(runs, dtype=np.int64)
+    run_idx = pop.select(runs)
     params = pop.layout["params"]
     position = {int(r): i for i, r in enumerate(run_idx)}
     n, K = len(run_idx), len(epochs)
@@ -179,7 +182,7 @@ def zoo_samples(
         test_acc = pop.runs["test_acc"].to_numpy(dtype=np.float64)[run_idx]
         targets[:] = test_acc[:, None]
     else:
-        raise ValueError(f"{pop.path}: this store records no per-epoch metrics, so only the final accuracy can be a target")
+        raise OptionError("target", f"{{param}} checkpoint: this store records no per-epoch metrics, so only the final accuracy can be a target ({pop.path})")
 
     blocks: list[np.ndarray] = []
     names: list[str] = []
@@ -215,8 +218,10 @@ def split_networks(runs: np.ndarray, seed: int = 0, test_fraction: float = 0.2, 
     go to test, the next ``round(val_fraction * n)`` to validation (each at least one network
     when there are three or more), the rest to training.
     """
-    if not (0 < test_fraction < 1 and 0 < val_fraction < 1 and test_fraction + val_fraction < 1):
-        raise ValueError(f"test_fraction and val_fraction must be in (0, 1) with a sum below 1, got {test_fraction} and {val_fraction}")
+    check_number("test_fraction", test_fraction, 0, 1, low_open=True, high_open=True)
+    check_number("val_fraction", val_fraction, 0, 1, low_open=True, high_open=True)
+    if test_fraction + val_fraction >= 1:
+        raise OptionError("val_fraction", f"{{param:test_fraction}} and {{param}} must sum to less than 1, got {test_fraction} and {val_fraction}")
     ids = np.unique(np.asarray(runs, dtype=np.int64))
     order = ids[np.random.default_rng(seed).permutation(ids.size)]
     n = ids.size
@@ -249,24 +254,66 @@ def kendall_tau(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 # ------------------------------------------------------------------------------ predict
 
 
-@dataclass
-class ZooPrediction:
-    """Result of :func:`predict_accuracy`: ``metrics`` (test-split scores and counts) and,
-    per usable sample, its network, checkpoint, split (0 train, 1 val, 2 test), target and
-    prediction."""
+@dataclass(frozen=True, kw_only=True)
+class ZooPredictOptions(Options):
+    """``features``: :data:`FEATURE_SETS`; ``model``: linear (ridge), gbm (gradient boosting)
+    or dnn (MLP); ``checkpoints``: epochs whose weights are the input (None: the last recorded;
+    'all'; an epoch; a list or 'e1,e2'); ``target``: :data:`TARGETS`; ``seed``: of the network
+    split and of the predictor; ``test_fraction``, ``val_fraction``: shares of networks in the
+    test and validation splits; ``gbm_backend``: auto (LightGBM when installed, else
+    scikit-learn), lightgbm or sklearn; ``block_size``: runs read at a time."""
 
+    features: str = "stats"
+    model: str = "gbm"
+    checkpoints: str | int | tuple[int, ...] | None = None
+    target: str = "checkpoint"
+    seed: int = 0
+    test_fraction: float = 0.2
+    val_fraction: float = 0.1
+    gbm_backend: str = "auto"
+    block_size: int = 256
+
+    def validate(self) -> None:
+        check_choice("features", self.features, FEATURE_SETS)
+        check_choice("model", self.model, MODELS)
+        check_choice("target", self.target, TARGETS)
+        check_choice("gbm_backend", self.gbm_backend, GBM_BACKENDS)
+        check_number("seed", self.seed, 0, integer=True)
+        check_number("block_size", self.block_size, 1, integer=True)
+        split_networks(np.arange(3), self.seed, self.test_fraction, self.val_fraction)  # checks the fractions
+        c = self.checkpoints
+        if isinstance(c, (list, np.ndarray)):
+            object.__setattr__(self, "checkpoints", tuple(int(e) for e in c))
+        elif isinstance(c, str) and c != "all":
+            try:
+                object.__setattr__(self, "checkpoints", tuple(int(e) for e in c.split(",") if e.strip()))
+            except ValueError:
+                raise OptionError("checkpoints", f"must be 'all', an epoch or epochs such as 1,3; got {c!r}") from None
+
+
+@dataclass(kw_only=True)
+class ZooPrediction(Result):
+    """Result of :func:`predict_accuracy`: ``metrics`` (test-split scores and counts) and, per
+    usable sample, its network (``sample_runs``), checkpoint, split (0 train, 1 val, 2 test),
+    target and prediction. ``runs``: the networks selected."""
+
+    name = "zoo-predict"
     metrics: dict
-    runs: np.ndarray
+    sample_runs: np.ndarray
     checkpoints: np.ndarray
     split: np.ndarray
     y_true: np.ndarray
     y_pred: np.ndarray
-    params: dict = field(default_factory=dict)
+
+    @property
+    def store_name(self) -> str:
+        o = self.options
+        return analysis_name(o.features, o.model, o.target)
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame(
             {
-                "run": self.runs,
+                "run": self.sample_runs,
                 "checkpoint": self.checkpoints,
                 "split": np.asarray(SPLIT_NAMES, dtype=object)[self.split],
                 "true_accuracy": self.y_true,
@@ -274,51 +321,48 @@ class ZooPrediction:
             }
         )
 
+    def _summary(self) -> dict:
+        return dict(self.metrics)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "sample_runs": self.sample_runs.astype(np.int64),
+            "checkpoints": self.checkpoints.astype(np.int64),
+            "split": self.split,
+            "y_true": self.y_true.astype(np.float64),
+            "y_pred": self.y_pred,
+        }
+
 
 def analysis_name(features: str, model: str, target: str = "checkpoint") -> str:
     return f"zoo-predict-{features.replace('+', '-')}-{model}" + ("" if target == "checkpoint" else f"-{target}")
 
 
-def predict_accuracy(
-    pop: Population,
-    features: str = "stats",
-    model: str = "gbm",
-    checkpoints=None,
-    target: str = "checkpoint",
-    seed: int = 0,
-    test_fraction: float = 0.2,
-    val_fraction: float = 0.1,
-    gbm_backend: str = "auto",
-    block_size: int = 256,
-    save: bool = True,
-) -> ZooPrediction:
+def predict_accuracy(pop: Population, options: ZooPredictOptions | None = None, **fields) -> ZooPrediction:
     """Fit predictor ``model`` of test accuracy from ``features`` on the training networks,
     choose its settings and stop it early on the validation networks, and score it on the test
-    networks: R^2 and Kendall's tau (with MSE and MAE). With ``save``, the predictions and
-    scores go to the store's ``analysis/<analysis_name(...)>`` group."""
-    if model not in MODELS:
-        raise ValueError(f"model must be one of {', '.join(MODELS)}, got {model!r}")
-    if gbm_backend not in GBM_BACKENDS:
-        raise ValueError(f"gbm backend must be one of {', '.join(GBM_BACKENDS)}, got {gbm_backend!r}")
+    networks: R^2 and Kendall's tau (with MSE and MAE). The selected runs are the networks,
+    split by :func:`split_networks`."""
+    o = options_of(ZooPredictOptions, options, fields)
+    o = o.replace(checkpoints=tuple(_resolve_checkpoints(pop, o.checkpoints)))  # recorded as used
     t0 = time.perf_counter()
-    samples = zoo_samples(pop, features, checkpoints, target, block_size=block_size)
-    split_of = split_networks(pop.run_indices("committed"), seed, test_fraction, val_fraction)
+    samples = zoo_samples(pop, o.features, o.checkpoints, o.target, runs=o.runs, block_size=o.block_size)
+    split_of = split_networks(pop.select(o.runs), o.seed, o.test_fraction, o.val_fraction)
     split = np.array([split_of[int(r)] for r in samples.runs], dtype=np.int8)
     parts = {name: split == code for code, name in enumerate(SPLIT_NAMES)}
     counts = {name: int(np.unique(samples.runs[m]).size) for name, m in parts.items()}
     for name in SPLIT_NAMES:
         if counts[name] == 0:
-            raise ValueError(
+            raise NotApplicableError(
                 f"{pop.path}: no usable {name} networks ({samples.runs.size} usable samples from "
                 f"{np.unique(samples.runs).size} networks; {samples.excluded} samples left out as not finite); a zoo needs more networks"
             )
     t1 = time.perf_counter()
-    fitted = fit_predictor(model, samples.X[parts["train"]], samples.y[parts["train"]], samples.X[parts["val"]], samples.y[parts["val"]], seed, gbm_backend)
+    fitted = fit_predictor(o.model, samples.X[parts["train"]], samples.y[parts["train"]], samples.X[parts["val"]], samples.y[parts["val"]], o.seed, o.gbm_backend)
     t2 = time.perf_counter()
     y_pred = np.clip(np.asarray(fitted.predict(samples.X), dtype=np.float64), 0.0, 1.0)
     test = parts["test"]
     y_test, p_test = samples.y[test], y_pred[test]
-    epochs = sorted(set(samples.checkpoints.tolist()))
     metrics = {
         "r2": r2_score(y_test, p_test),
         "kendall_tau": kendall_tau(y_test, p_test),
@@ -331,33 +375,17 @@ def predict_accuracy(
         "n_val_samples": int(parts["val"].sum()),
         "n_test_samples": int(test.sum()),
         "n_excluded_samples": samples.excluded,
-        "features": features,
+        "features": o.features,
         "num_features": int(samples.X.shape[1]),
-        "model": model,
+        "model": o.model,
         "predictor": fitted.info,
-        "checkpoints": epochs,
-        "target": target,
-        "seed": seed,
+        "checkpoints": sorted(set(samples.checkpoints.tolist())),
+        "target": o.target,
+        "seed": o.seed,
         "seconds_features": round(t1 - t0, 3),
         "seconds_fit": round(t2 - t1, 3),
     }
-    params = {
-        "features": features,
-        "model": model,
-        "checkpoints": epochs,
-        "target": target,
-        "seed": seed,
-        "test_fraction": test_fraction,
-        "val_fraction": val_fraction,
-        "gbm_backend": gbm_backend,
-    }
-    result = ZooPrediction(metrics, samples.runs, samples.checkpoints, split, samples.y, y_pred, params)
-    if save:
-        group = pop.store.analysis_group(analysis_name(features, model, target), params)
-        group.attrs["metrics"] = json_safe(metrics)
-        group.create_array("runs", data=samples.runs.astype(np.int64))
-        group.create_array("checkpoints", data=samples.checkpoints.astype(np.int64))
-        group.create_array("split", data=split)
-        group.create_array("y_true", data=samples.y.astype(np.float64))
-        group.create_array("y_pred", data=y_pred)
-    return result
+    return ZooPrediction(
+        runs=pop.select(o.runs), options=o, metrics=metrics, sample_runs=samples.runs, checkpoints=samples.checkpoints, split=split,
+        y_true=samples.y, y_pred=y_pred,
+    )

@@ -1,19 +1,16 @@
 """The ``manyruns`` command line: a thin layer over the Python API.
 
-Each module of this package registers the commands of one area on :data:`app`.
+Each module of this package registers the commands of one area on :data:`app`; the skeleton
+they share (errors and exit codes, common options, output) is in :mod:`.common`.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import sys
 
 import typer
 
-from ..data import DatasetMismatchError, DatasetNotFoundError
-from ..recipe import RecipeError
-from ..store import StoreError
+from .common import fail, handle_errors, print_json
 
 app = typer.Typer(
     add_completion=False,
@@ -25,37 +22,6 @@ import_app = typer.Typer(no_args_is_help=True, help="Read populations published 
 export_app = typer.Typer(no_args_is_help=True, help="Write a store in a published population format.")
 app.add_typer(import_app, name="import")
 app.add_typer(export_app, name="export")
-
-
-def fail(message: str, code: int) -> None:
-    """Print a one-line error and exit with ``code`` (2: bad input such as a recipe)."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def handle_errors(fn):
-    """Turn the API's expected errors into one-line messages and exit codes (2: bad input)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except RecipeError as exc:
-            fail(str(exc), 2)
-        except (DatasetNotFoundError, DatasetMismatchError, StoreError, ValueError) as exc:
-            fail(str(exc), 1)
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
-            raise typer.Exit(130)
-
-    return wrapper
-
-
-def print_json(obj) -> None:
-    """Print ``obj`` as JSON, with ``null`` for non-finite floats (NaN is not JSON)."""
-    from ..store import json_safe
-
-    typer.echo(json.dumps(json_safe(obj), indent=2, default=float))
 
 
 def main() -> None:
@@ -70,3 +36,5 @@ from . import kernel  # noqa: E402,F401
 from . import zoo  # noqa: E402,F401
 from . import heldout  # noqa: E402,F401
 from . import randomization  # noqa: E402,F401
+
+__all__ = ["app", "export_app", "fail", "handle_errors", "import_app", "main", "print_json"]

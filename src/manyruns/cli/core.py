@@ -10,7 +10,8 @@ from typing import Optional
 import typer
 
 from .. import api
-from . import app, fail, handle_errors, print_json
+from . import app
+from .common import fail, handle_errors, open_population, print_json
 
 @app.command()
 @handle_errors
@@ -21,7 +22,7 @@ def plan(
 ):
     """Create a store for a recipe (or grow it when only population.runs increased)."""
     existed = (store / "zarr.json").is_file()
-    before = api.Store.open(store).num_runs if existed else 0
+    before = open_population(store).num_runs if existed else 0
     pop = api.plan(recipe, store, data_dir)
     if not existed:
         typer.echo(f"planned {pop.num_runs} runs of {pop.recipe.name!r} in {store}")

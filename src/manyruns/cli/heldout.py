@@ -8,14 +8,44 @@ from typing import Optional
 
 import typer
 
-from . import app, export_app, fail, handle_errors, import_app, print_json
+from . import app, export_app, import_app
+from .common import csv_option, data_dir_option, deprecated, deprecated_option, emit, handle_errors, json_option, memory_option, number
+from .common import open_population, print_json, runs_line, runs_option, write_csv
 
 VALUE_HELP = "Per-run value: correct (0/1), trueprob (probability of the label) or margin (label logit minus the largest other)."
+BLOCK_HELP = "Runs read at a time."
+GRID_HELP = "PNG of the highest and lowest {} per class (default: next to --csv)."
 
 
-def _num(x: float | None, fmt: str = ".4f") -> str:
-    """``x`` formatted, or 'n/a' where the summary has no value (too few runs)."""
-    return "n/a" if x is None else format(x, fmt)
+def _grid_path(grid: Optional[Path], csv: Optional[Path], no_grid: bool) -> Optional[Path]:
+    if no_grid:
+        return None
+    if grid is not None:
+        return grid
+    if csv is not None:
+        return csv.with_name(f"{csv.stem}-grid.png")
+    return None
+
+
+def _extremes(pop, scores, result, path: Optional[Path], data_dir: Optional[Path], name: str, per_class: int, **colors) -> dict:
+    """The grid of the highest and lowest ``scores`` per class, where asked for and the images
+    are at hand: ``{"grid": path}`` or ``{}``."""
+    from ..report.heldout import extremes_grid
+
+    if path is None or (data := _images(pop, data_dir)) is None:
+        return {}
+    return {"grid": str(extremes_grid(scores, _training_labels(result), data.x_train, list(data.classes), path, name, per_class, **colors))}
+
+
+def _images(pop, data_dir: Optional[Path]):
+    """The population's dataset, or None (with a note) when its files are not at hand."""
+    from ..data import DatasetMismatchError, DatasetNotFoundError
+
+    try:
+        return pop.dataset(data_dir)
+    except (DatasetNotFoundError, DatasetMismatchError) as exc:
+        typer.echo(f"note: no grid ({exc})", err=True)
+        return None
 
 
 def _stability_line(stability: dict) -> str:
@@ -32,166 +62,135 @@ def _stability_line(stability: dict) -> str:
     return line
 
 
-def _grid_path(grid: Optional[Path], out: Optional[Path], no_grid: bool, suffix: str) -> Optional[Path]:
-    if no_grid:
-        return None
-    if grid is not None:
-        return grid
-    if out is not None:
-        return out.with_name(f"{out.stem}-{suffix}.png")
-    return None
+def _missing_line(summary: dict) -> list[str]:
+    if summary["never_held_out"] or summary["never_included"]:
+        return [
+            f"  NaN for {summary['never_held_out']:,} examples no run held out (n_out = 0) and "
+            f"{summary['never_included']:,} no run trained on (n_in = 0): train more runs"
+        ]
+    return []
 
 
-def _images(pop, data_dir: Optional[Path]):
-    """The population's dataset, or None (with a note) when its files are not at hand."""
-    from ..data import DatasetMismatchError, DatasetNotFoundError
-
-    try:
-        return pop.dataset(None if data_dir is None else str(data_dir))
-    except (DatasetNotFoundError, DatasetMismatchError) as exc:
-        typer.echo(f"note: no grid ({exc})", err=True)
-        return None
+def _training_labels(result):
+    labels = result.label
+    return labels if (labels >= 0).all() else result.dataset_label
 
 
 @app.command()
 @handle_errors
 def memorization(
     store: Path = typer.Argument(..., help="Population store."),
-    out: Optional[Path] = typer.Option(None, "--out", help="CSV: index,label,mem,se,n_in,n_out,mean_in,mean_out,dataset_label."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+    runs: str = runs_option(),
     value: str = typer.Option("correct", help=VALUE_HELP),
-    grid: Optional[Path] = typer.Option(None, "--grid", help="PNG of the highest and lowest memorization per class (default: next to --out)."),
+    block_size: int = typer.Option(128, "--block-size", help=BLOCK_HELP),
+    csv: Optional[Path] = csv_option("CSV: index,label,mem,se,n_in,n_out,mean_in,mean_out,dataset_label."),
+    grid: Optional[Path] = typer.Option(None, "--grid", help=GRID_HELP.format("memorization")),
     no_grid: bool = typer.Option(False, "--no-grid", help="Draw no grid."),
     per_class: int = typer.Option(6, "--per-class", help="Images per class and side in the grid."),
-    block_size: int = typer.Option(128, "--block-size", help="Runs read at a time."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Data root for the grid images."),
+    data_dir: Optional[Path] = data_dir_option(),
+    as_json: bool = json_option(),
+    out: Optional[Path] = deprecated_option("--out", "--csv"),
 ):
     """Memorization of each training example: accuracy when trained on it minus when held out."""
-    import manyruns
-    from ..analysis.heldout import memorization as estimate
-    from ..report.heldout import extremes_grid
+    from ..analysis.heldout import MemorizationOptions, memorization as compute
 
-    pop = manyruns.open(store)
-    result = estimate(pop, value=value, block_size=block_size)
-    result.save(pop)
-    summary = result.summary()
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        result.table().to_csv(out, index=False)
-        summary["out"] = str(out)
-    path = _grid_path(grid, out, no_grid, "grid")
-    if path is not None:
-        data = _images(pop, data_dir)
-        if data is not None:
-            labels = result.label if (result.label >= 0).all() else result.dataset_label
-            extremes_grid(result.estimate, labels, data.x_train, list(data.classes), path, "mem", per_class)
-            summary["grid"] = str(path)
-    if as_json:
-        print_json(summary)
-        return
-    typer.echo(f"memorization ({value}) of {summary['examples']:,} training examples from {summary['runs']} runs")
-    q = summary["quantiles"]
-    typer.echo(f"  mean {_num(summary['mean'])}; median {_num(q['50%'])}; 90% {_num(q['90%'])}; 99% {_num(q['99%'])}")
-    typer.echo(f"  >= 0.25: {summary['at_least_0.25']:,}; >= 0.5: {summary['at_least_0.5']:,}; median standard error {_num(summary['median_se'])}")
-    _report_missing(summary)
-    typer.echo(_stability_line(summary["stability"]))
-    for key in ("out", "grid"):
-        if key in summary:
-            typer.echo(f"  wrote {summary[key]}")
+    csv = deprecated("--out", "--csv", out, csv)
+    options = MemorizationOptions(runs=runs, value=value, block_size=block_size)
+    pop = open_population(store)
+    result = compute(pop, options)
+    files = _extremes(pop, result.estimate, result, _grid_path(grid, csv, no_grid), data_dir, "mem", per_class)
 
+    def text(s: dict) -> list[str]:
+        q = s["quantiles"]
+        return [
+            f"memorization ({s['value']}) of {s['examples']:,} training examples {runs_line(s)}",
+            f"  mean {number(s['mean'])}; median {number(q['50%'])}; 90% {number(q['90%'])}; 99% {number(q['99%'])}",
+            f"  >= 0.25: {s['at_least_0.25']:,}; >= 0.5: {s['at_least_0.5']:,}; median standard error {number(s['median_se'])}",
+            *_missing_line(s),
+            _stability_line(s["stability"]),
+        ]
 
-def _report_missing(summary: dict) -> None:
-    if summary["never_held_out"] or summary["never_included"]:
-        typer.echo(
-            f"  NaN for {summary['never_held_out']:,} examples no run held out (n_out = 0) and "
-            f"{summary['never_included']:,} no run trained on (n_in = 0): train more runs"
-        )
+    emit(result, pop, as_json=as_json, csv=csv, text=text, files=files)
 
 
 @app.command()
-@handle_errors
+@handle_errors(flags={"same_label": "--any-label", "top": "--top"})
 def influence(
     store: Path = typer.Argument(..., help="Population store."),
-    top: int = typer.Option(10, "--top", help="Most influential training examples kept per test example."),
-    pairs_out: Optional[Path] = typer.Option(
-        None, "--pairs-out", help="CSV of high-influence pairs: train_index,test_index,infl,mem,label,se,n_in,n_out (with --any-label also train_label,test_label)."
-    ),
-    out: Optional[Path] = typer.Option(None, "--out", help="CSV of the top influencers: test_index,rank,train_index,infl,se,n_in,n_out."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+    runs: str = runs_option(),
     value: str = typer.Option("correct", help=VALUE_HELP),
+    top: int = typer.Option(10, "--top", help="Most influential training examples kept per test example."),
     infl_threshold: float = typer.Option(0.15, "--infl-threshold", help="Pairs: influence at least this."),
     mem_threshold: float = typer.Option(0.25, "--mem-threshold", help="Pairs: memorization of the training example at least this."),
     any_label: bool = typer.Option(False, "--any-label", help="Pairs need not share the label."),
     max_pairs: int = typer.Option(5_000_000, "--max-pairs", help="Pairs kept at most (the strongest; at least 1); the summary says how many passed."),
     split_half: bool = typer.Option(True, "--split-half/--no-split-half", help="Split-half agreement of the pairs and top influencers (twice the accumulator memory, a slower finishing step)."),
     dense: Optional[str] = typer.Option(None, "--dense", help="Also write the full influence matrix: 'store' or a path ending in .npy."),
-    max_memory_gb: float = typer.Option(1.0, "--max-memory-gb", help="Memory for the accumulators of one block of training examples."),
+    memory_gib: float = memory_option(1.0, "Memory in GiB for the accumulators of one block of training examples."),
     precision: str = typer.Option("auto", help="Matrix products: auto (int8 for 0/1 values, else float32), int8, bfloat16 or float32."),
     block_size: int = typer.Option(2048, "--block-size", help="Runs per matrix product (read at a time; more is faster and takes more memory)."),
-    grid: Optional[Path] = typer.Option(None, "--grid", help="PNG of test examples with their top influencers (default: next to --pairs-out or --out)."),
+    csv: Optional[Path] = csv_option("CSV of the top influencers: test_index,rank,train_index,infl,se,n_in,n_out."),
+    pairs_csv: Optional[Path] = typer.Option(
+        None, "--pairs-csv", help="CSV of high-influence pairs: train_index,test_index,infl,mem,label,se,n_in,n_out (with --any-label also train_label,test_label)."
+    ),
+    grid: Optional[Path] = typer.Option(None, "--grid", help="PNG of test examples with their top influencers (default: next to --pairs-csv or --csv)."),
     no_grid: bool = typer.Option(False, "--no-grid", help="Draw no grid."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Data root for the grid images."),
+    data_dir: Optional[Path] = data_dir_option(),
+    as_json: bool = json_option(),
+    out: Optional[Path] = deprecated_option("--out", "--csv"),
+    pairs_out: Optional[Path] = deprecated_option("--pairs-out", "--pairs-csv"),
+    max_memory_gb: Optional[float] = deprecated_option("--max-memory-gb", "--memory-gib"),
 ):
     """Influence of training examples on test examples: top influencers and high-influence pairs."""
-    import manyruns
-    from ..analysis.influence import influence as estimate
+    from ..analysis.heldout import InfluenceOptions, influence as compute
     from ..report.heldout import influence_grid
 
-    if max_pairs < 1:
-        fail(f"--max-pairs must be at least 1 (the most pairs kept), got {max_pairs}", 2)
-    pop = manyruns.open(store)
-    result = estimate(
-        pop, value=value, top=top, infl_threshold=infl_threshold, mem_threshold=mem_threshold, same_label=not any_label,
-        block_size=block_size, max_block_bytes=int(max_memory_gb * 2**30), precision=precision, dense=dense, max_pairs=max_pairs,
-        split_half=split_half,
+    csv = deprecated("--out", "--csv", out, csv)
+    pairs_csv = deprecated("--pairs-out", "--pairs-csv", pairs_out, pairs_csv)
+    memory_gib = deprecated("--max-memory-gb", "--memory-gib", max_memory_gb, memory_gib)
+    options = InfluenceOptions(
+        runs=runs, value=value, top=top, infl_threshold=infl_threshold, mem_threshold=mem_threshold, same_label=not any_label,
+        max_pairs=max_pairs, split_half=split_half, dense=dense, memory_gib=memory_gib, precision=precision, block_size=block_size,
     )
-    result.save(pop)
-    summary = result.summary()
-    if pairs_out is not None:
-        pairs_out.parent.mkdir(parents=True, exist_ok=True)
-        result.pairs.to_csv(pairs_out, index=False)
-        summary["pairs_out"] = str(pairs_out)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        result.top_table().to_csv(out, index=False)
-        summary["out"] = str(out)
-    path = _grid_path(grid, pairs_out or out, no_grid, "grid")
-    if path is not None:
-        data = _images(pop, data_dir)
-        if data is not None:
-            labels = result.memorization.label
-            labels = labels if (labels >= 0).all() else result.memorization.dataset_label
-            influence_grid(result.top_index, result.top_value, data.x_test, data.y_test, data.x_train, labels, list(data.classes), path)
-            summary["grid"] = str(path)
-    if as_json:
-        print_json(summary)
-        return
-    typer.echo(f"influence ({value}) of {summary['train_examples']:,} training on {summary['test_examples']:,} test examples from {summary['runs']} runs")
-    varying = summary["varying_test_examples"]
-    if varying is not None and varying < summary["test_examples"]:
-        typer.echo(f"  {summary['test_examples'] - varying:,} test examples get the same value from every run (influence 0 throughout)")
-    if summary["max_influence_median"] is not None:
-        typer.echo(f"  median over the other test examples of their largest influence: {summary['max_influence_median']:.4f}")
-    t = summary["thresholds"]
-    typer.echo(f"  {summary['pairs']:,} high-influence pairs (infl >= {t['infl_threshold']}, mem >= {t['mem_threshold']}{', same label' if t['same_label'] else ''})")
-    if summary["pairs_truncated"]:
-        typer.echo(
-            f"  truncated: {summary['pairs_found']:,} pairs passed the thresholds; only the {summary['pairs']:,} strongest are kept "
-            f"(--max-pairs {summary['max_pairs']:,}; with few runs many pass by chance)"
-        )
-    _report_missing(summary)
-    if summary["pair_stability"] is not None:
-        typer.echo(_pair_stability_line(summary["pair_stability"]))
-        typer.echo(
-            _stability_line(summary["stability"]).replace("split-half", "influence split-half (sampled test rows)")
-            + f"; top-1 agreement {_num(summary['stability']['top1_agreement'], '.2f')}"
-        )
-    else:
-        typer.echo("  influence split-half stability: not computed (--no-split-half)")
-    typer.echo(_stability_line(summary["memorization_stability"]).replace("split-half", "memorization split-half"))
-    for key in ("pairs_out", "out", "grid", "dense"):
-        if summary.get(key):
-            typer.echo(f"  wrote {summary[key]}")
+    pop = open_population(store)
+    result = compute(pop, options)
+    files = {}
+    if pairs_csv is not None:
+        files["pairs_csv"] = write_csv(result.pairs, pairs_csv)
+    path = _grid_path(grid, pairs_csv or csv, no_grid)
+    if path is not None and (data := _images(pop, data_dir)) is not None:
+        labels = _training_labels(result.memorization)
+        files["grid"] = str(influence_grid(result.top_index, result.top_value, data.x_test, data.y_test, data.x_train, labels, list(data.classes), path))
+    if dense is not None:
+        files["dense"] = dense if dense != "store" else f"{pop.path}/analysis/influence/matrix"
+
+    def text(s: dict) -> list[str]:
+        lines = [f"influence ({s['value']}) of {s['train_examples']:,} training on {s['test_examples']:,} test examples {runs_line(s)}"]
+        varying = s["varying_test_examples"]
+        if varying < s["test_examples"]:
+            lines.append(f"  {s['test_examples'] - varying:,} test examples get the same value from every run (influence 0 throughout)")
+        if s["max_influence_median"] is not None:
+            lines.append(f"  median over the other test examples of their largest influence: {s['max_influence_median']:.4f}")
+        t = s["thresholds"]
+        lines.append(f"  {s['pairs']:,} high-influence pairs (infl >= {t['infl_threshold']}, mem >= {t['mem_threshold']}{', same label' if t['same_label'] else ''})")
+        if s["pairs_truncated"]:
+            lines.append(
+                f"  truncated: {s['pairs_found']:,} pairs passed the thresholds; only the {s['pairs']:,} strongest are kept "
+                f"(--max-pairs {s['max_pairs']:,}; with few runs many pass by chance)"
+            )
+        lines += _missing_line(s)
+        if s["pair_stability"] is not None:
+            lines.append(_pair_stability_line(s["pair_stability"]))
+            lines.append(
+                _stability_line(s["stability"]).replace("split-half", "influence split-half (sampled test rows)")
+                + f"; top-1 agreement {number(s['stability']['top1_agreement'], '.2f')}"
+            )
+        else:
+            lines.append("  influence split-half stability: not computed (--no-split-half)")
+        lines.append(_stability_line(s["memorization_stability"]).replace("split-half", "memorization split-half"))
+        return lines
+
+    emit(result, pop, as_json=as_json, csv=csv, text=text, files=files)
 
 
 def _pair_stability_line(stability: dict) -> str:
@@ -202,7 +201,7 @@ def _pair_stability_line(stability: dict) -> str:
         line += f"; {stability['pair_agreement']:.0%} of the pairs found with one half are found with the other"
     if stability["pairs_truncated"]:
         line += " (a half's pairs truncated at --max-pairs)"
-    line += f"\n  top-{stability['k']} split-half: Spearman {_num(stability['topk_spearman'], '.3f')} over the union of the halves' top entries ({stability['topk_entries']:,} entries of {stability['topk_test_examples']:,} varying test examples; negative when they are noise)"
+    line += f"\n  top-{stability['k']} split-half: Spearman {number(stability['topk_spearman'], '.3f')} over the union of the halves' top entries ({stability['topk_entries']:,} entries of {stability['topk_test_examples']:,} varying test examples; negative when they are noise)"
     return line
 
 
@@ -210,59 +209,48 @@ def _pair_stability_line(stability: dict) -> str:
 @handle_errors
 def cscore(
     store: Path = typer.Argument(..., help="Population store."),
-    out: Optional[Path] = typer.Option(
-        None, "--out", help="CSV: index,label,cscore,se,<one column per ratio>[,learning_speed], then n_out_<ratio>...[,learning_speed_se,learning_speed_count,learning_speed_runs],dataset_label."
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+    runs: str = runs_option(),
     value: str = typer.Option("correct", help=VALUE_HELP),
     learning_speed: Optional[bool] = typer.Option(None, "--learning-speed/--no-learning-speed", help="Learning-speed proxy (default: when the store records trueprob/train)."),
-    grid: Optional[Path] = typer.Option(None, "--grid", help="PNG of the highest and lowest C-scores per class (default: next to --out)."),
+    block_size: int = typer.Option(128, "--block-size", help=BLOCK_HELP),
+    csv: Optional[Path] = csv_option(
+        "CSV: index,label,cscore,se,<one column per ratio>[,learning_speed], then n_out_<ratio>...[,learning_speed_se,learning_speed_count,learning_speed_runs],dataset_label."
+    ),
+    grid: Optional[Path] = typer.Option(None, "--grid", help=GRID_HELP.format("C-scores")),
     no_grid: bool = typer.Option(False, "--no-grid", help="Draw no grid."),
     per_class: int = typer.Option(6, "--per-class", help="Images per class and side in the grid."),
-    block_size: int = typer.Option(128, "--block-size", help="Runs read at a time."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Data root for the grid images."),
+    data_dir: Optional[Path] = data_dir_option(),
+    as_json: bool = json_option(),
+    out: Optional[Path] = deprecated_option("--out", "--csv"),
 ):
     """Consistency scores: held-out accuracy at each subset ratio, averaged over the ratios."""
-    import manyruns
-    from ..analysis.cscore import cscore as estimate
-    from ..report.heldout import extremes_grid
+    from ..analysis.heldout import CScoreOptions, cscore as compute
 
-    pop = manyruns.open(store)
-    result = estimate(pop, value=value, block_size=block_size, learning_speed=learning_speed)
-    result.save(pop)
-    summary = result.summary()
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        result.table().to_csv(out, index=False)
-        summary["out"] = str(out)
-    path = _grid_path(grid, out, no_grid, "grid")
-    if path is not None:
-        data = _images(pop, data_dir)
-        if data is not None:
-            labels = result.label if (result.label >= 0).all() else result.dataset_label
-            extremes_grid(result.cscore, labels, data.x_train, list(data.classes), path, "C", per_class, high_color="tab:green", low_color="tab:red")
-            summary["grid"] = str(path)
-    if as_json:
-        print_json(summary)
-        return
-    ratios = ", ".join(f"{k} ({v} runs)" for k, v in (summary["runs_per_ratio"] or {}).items())
-    typer.echo(f"C-scores ({value}) of {summary['examples']:,} training examples from {summary['runs']} runs at ratios {ratios}")
-    if summary["runs_at_full_set_left_out"]:
-        typer.echo(f"  left out {summary['runs_at_full_set_left_out']} runs trained on the full set (they hold nothing out)")
-    typer.echo(f"  mean {_num(summary['mean'])}; median standard error {_num(summary['median_se'])}")
-    if summary["missing_a_ratio"]:
-        typer.echo(f"  NaN for {summary['missing_a_ratio']:,} examples held out by no run at some ratio (n_out = 0): train more runs")
-    speed = summary["learning_speed"]
-    if speed is not None:
-        typer.echo(
-            f"  learning-speed proxy: Spearman {_num(summary['learning_speed_spearman'], '.3f')} with the C-score; "
-            f"mean {_num(speed['mean'])}, median standard error {_num(speed['median_se'])} over runs "
-            f"(median {_num(speed['median_count'], '.0f')} (run, epoch) values and {_num(speed['median_runs'], '.0f')} runs per example)"
-        )
-    typer.echo(_stability_line(summary["stability"]))
-    for key in ("out", "grid"):
-        if key in summary:
-            typer.echo(f"  wrote {summary[key]}")
+    csv = deprecated("--out", "--csv", out, csv)
+    options = CScoreOptions(runs=runs, value=value, block_size=block_size, learning_speed=learning_speed)
+    pop = open_population(store)
+    result = compute(pop, options)
+    files = _extremes(pop, result.cscore, result, _grid_path(grid, csv, no_grid), data_dir, "C", per_class, high_color="tab:green", low_color="tab:red")
+
+    def text(s: dict) -> list[str]:
+        ratios = ", ".join(f"{k} ({v} runs)" for k, v in (s["runs_per_ratio"] or {}).items())
+        lines = [f"C-scores ({s['value']}) of {s['examples']:,} training examples {runs_line(s)} at ratios {ratios}"]
+        if s["runs_at_full_set_left_out"]:
+            lines.append(f"  left out {s['runs_at_full_set_left_out']} runs trained on the full set (they hold nothing out)")
+        lines.append(f"  mean {number(s['mean'])}; median standard error {number(s['median_se'])}")
+        if s["missing_a_ratio"]:
+            lines.append(f"  NaN for {s['missing_a_ratio']:,} examples held out by no run at some ratio (n_out = 0): train more runs")
+        speed = s["learning_speed"]
+        if speed is not None:
+            lines.append(
+                f"  learning-speed proxy: Spearman {number(s['learning_speed_spearman'], '.3f')} with the C-score; "
+                f"mean {number(speed['mean'])}, median standard error {number(speed['median_se'])} over runs "
+                f"(median {number(speed['median_count'], '.0f')} (run, epoch) values and {number(speed['median_runs'], '.0f')} runs per example)"
+            )
+        lines.append(_stability_line(s["stability"]))
+        return lines
+
+    emit(result, pop, as_json=as_json, csv=csv, text=text, files=files)
 
 
 @import_app.command("heldout")
@@ -294,15 +282,15 @@ def import_heldout(
 def export_heldout(
     store: Path = typer.Argument(..., help="Population store (with masks, and correctness or logits)."),
     out_dir: Path = typer.Argument(..., help="Directory to write <subset_ratio>/<run>/aux_arrays.npz into."),
+    runs: str = runs_option(),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace files that exist."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ):
     """Export a store in the held-out training release layout."""
-    import manyruns
     from ..formats.heldout import export_release
 
-    info = export_release(manyruns.open(store), out_dir, overwrite=overwrite)
+    info = export_release(open_population(store), out_dir, runs=runs, overwrite=overwrite)
     if as_json:
         print_json(info)
         return
-    typer.echo(f"wrote {info['runs']} runs to {info['out_dir']} (" + ", ".join(f"{k}: {v}" for k, v in info["ratios"].items()) + ")")
+    typer.echo(f"wrote {len(info['runs'])} runs to {info['out_dir']} (" + ", ".join(f"{k}: {v}" for k, v in info["ratios"].items()) + ")")

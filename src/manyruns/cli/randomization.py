@@ -7,41 +7,39 @@ from typing import Optional
 
 import typer
 
-from . import app, handle_errors, print_json
+from . import app
+from .common import csv_option, deprecated, deprecated_option, emit, flag_of, handle_errors, json_option, memory_option, open_population, print_json, runs_line, runs_option, write_csv
 
 
 @app.command("fit-curves")
 @handle_errors
 def fit_curves_command(
     store: Path = typer.Argument(..., help="Population store of a randomization test (label noise or input randomization across runs)."),
-    runs: str = typer.Option("ok", help="ok (committed, not diverged) or committed."),
+    runs: str = runs_option(),
     plot: Optional[Path] = typer.Option(None, help="PNG of the curves (default: STORE/reports/fit-curves.png); the errors and epochs to fit per level go next to it, as <stem>-levels.png."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per corruption level."),
+    csv: Optional[Path] = csv_option("CSV: one row per corruption level (final accuracies, errors, epochs to fit)."),
+    as_json: bool = json_option(),
 ):
     """Per corruption level: train/test curves, final accuracies and epochs to fit.
 
     Epochs to fit: the first epoch with 99% (and 100%) train accuracy on the labels the runs saw."""
-    from ..analysis.randomization import fit_curves, save_fit_curves
-    from ..population import open as open_population
+    from ..analysis.randomization import FitCurvesOptions, fit_curves
     from ..report.fit_curves import fit_table, levels_plot_path, plot_fit_curves, plot_fit_levels
 
-    if runs not in ("ok", "committed"):
-        raise ValueError(f"--runs must be ok or committed, got {runs!r}")
+    options = FitCurvesOptions(runs=runs)
     pop = open_population(store)
-    levels = fit_curves(pop, runs)
-    save_fit_curves(pop, levels, {"runs": runs})
-    figure = plot_fit_curves(levels, plot or store / "reports" / "fit-curves.png", f"{pop.recipe.name}: fit curves (mean +- std over runs)")
-    by_level = plot_fit_levels(levels, levels_plot_path(figure), f"{pop.recipe.name}: per corruption level (mean +- std over runs)")
-    if as_json:
-        print_json([level.to_dict() for level in levels])
-        return
+    result = fit_curves(pop, options)
+    figure = plot_fit_curves(result.levels, plot or store / "reports" / "fit-curves.png", f"{pop.recipe.name}: fit curves (mean +- std over runs)")
+    by_level = plot_fit_levels(result.levels, levels_plot_path(figure), f"{pop.recipe.name}: per corruption level (mean +- std over runs)")
     recipe = pop.recipe
-    typer.echo(f"{pop.recipe.name}: {len(levels)} corruption levels, {recipe.training.epochs} epochs, {recipe.data.dataset}")
-    typer.echo(fit_table(levels))
-    if recipe.record.train_metrics == "running":
-        typer.echo('note: train accuracy is the running average over each epoch\'s batches; [record] train_metrics = "eval" measures it after the epoch')
-    typer.echo(f"plot: {figure}")
-    typer.echo(f"plot by level: {by_level}")
+
+    def text(s: dict) -> list[str]:
+        lines = [f"{recipe.name}: {len(result)} corruption levels, {recipe.training.epochs} epochs, {recipe.data.dataset}, {runs_line(s)}", fit_table(result.levels)]
+        if recipe.record.train_metrics == "running":
+            lines.append('note: train accuracy is the running average over each epoch\'s batches; [record] train_metrics = "eval" measures it after the epoch')
+        return lines
+
+    emit(result, pop, as_json=as_json, csv=csv, text=text, files={"plot": str(figure), "plot_by_level": str(by_level)})
 
 
 @app.command()
@@ -59,33 +57,29 @@ def interpolate(
     preconditioner: str = typer.Option("block-jacobi", help="cg: block-jacobi (exact solves on k-means blocks) or none."),
     block_size: int = typer.Option(4000, "--block-size", help="cg: points per preconditioner block."),
     matrix: str = typer.Option("auto", help="cg: packed (keep the matrix), on-the-fly (recompute per product) or auto (packed when it fits; otherwise on-the-fly, with a warning)."),
-    memory_limit: Optional[float] = typer.Option(None, "--memory-limit", help="Memory budget in GB (default: what is available now)."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON object."),
+    memory_gib: Optional[float] = memory_option(None, "Memory budget in GiB (default: what is available now)."),
+    csv: Optional[Path] = csv_option("CSV: one row with the outcome (errors, residual, time, memory)."),
+    as_json: bool = json_option(),
+    memory_limit: Optional[float] = deprecated_option("--memory-limit", "--memory-gib (GiB; --memory-limit was decimal GB)"),
 ):
     """Min-norm RBF kernel interpolation of the training set; test error, residual, time, memory.
 
-    Solves K alpha = Y (one-hot Y) on the training set and predicts argmax K(test, train) alpha."""
-    from ..analysis.interpolation import format_bytes, interpolate_dataset
+    Solves K alpha = Y (one-hot Y) on the training set and predicts argmax K(test, train) alpha.
+    A dataset's analysis: it uses no population, so nothing is kept in a store."""
+    from ..analysis.interpolation import InterpolationOptions, format_bytes, interpolate_dataset
+    from ..errors import word
 
-    if kernel != "rbf":
-        raise ValueError(f"--kernel: only rbf is supported, got {kernel!r}")
-    result = interpolate_dataset(
-        dataset,
-        bandwidth,
-        solver,
-        subset,
-        data_dir,
-        precision=precision,
-        tol=tol,
-        max_iter=max_iter,
-        preconditioner=preconditioner,
-        block_size=block_size,
-        matrix=matrix,
-        memory_limit=None if memory_limit is None else int(memory_limit * 1e9),
-        warn=lambda line: typer.echo(line, err=True),
+    memory_gib = deprecated("--memory-limit", "--memory-gib", memory_limit, memory_gib, lambda gb: gb * 1e9 / 2**30)
+    options = InterpolationOptions(
+        bandwidth=bandwidth, kernel=kernel, solver=solver, subset=subset, precision=precision, tol=tol, max_iter=max_iter,
+        preconditioner=preconditioner, block_size=block_size, matrix=matrix, memory_gib=memory_gib,
     )
+    result = interpolate_dataset(dataset, options, data_dir, warn=lambda line: typer.echo(word(line, lambda p: flag_of(p, {})), err=True))
+    summary = result.summary()
+    if csv is not None:
+        summary["csv"] = write_csv(result.table(), csv)
     if as_json:
-        print_json(result.to_dict())
+        print_json(summary)
         return
     r = result
     how = f"{r.solver} solver, {r.precision}, matrix {r.matrix_mode}"
@@ -96,3 +90,5 @@ def interpolate(
         typer.echo(f"  CG: {r.iterations} iterations ({state}; residual seen by the recursion {r.recursive_residual:.2e})")
     phases = ", ".join(f"{k} {v:.1f} s" for k, v in r.timings.items())
     typer.echo(f"  {r.seconds:.1f} s ({phases}); peak memory {format_bytes(r.peak_memory_bytes)}")
+    if csv is not None:
+        typer.echo(f"  csv: {csv}")

@@ -8,7 +8,9 @@ from typing import Optional
 
 import typer
 
-from . import app, export_app, handle_errors, import_app, print_json
+from ..streaming import json_safe
+from . import app, export_app, import_app
+from .common import csv_option, emit, handle_errors, json_option, number, open_population, print_json, runs_line, runs_option
 
 
 @export_app.command("smallcnnzoo")
@@ -16,7 +18,7 @@ from . import app, export_app, handle_errors, import_app, print_json
 def export_smallcnnzoo(
     store: Path = typer.Argument(..., help="Population store of small CNNs that records weights."),
     out_dir: Path = typer.Argument(..., help="Directory to write weights.npy, metrics.csv.gz and layout.csv into."),
-    runs: str = typer.Option("committed", help="committed (diverged runs included) or ok."),
+    runs: str = typer.Option("committed", "--runs", help="Networks to write: committed (the default: diverged networks are kept, flagged, as the format allows), ok, N (the first N ok runs) or run indices such as 0-99."),
     force: bool = typer.Option(False, "--force", help="Replace zoo files already in OUT_DIR."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ):
@@ -65,9 +67,10 @@ def import_smallcnnzoo(
 
 
 @app.command("zoo-predict")
-@handle_errors
+@handle_errors(flags={"checkpoints": "--checkpoint"})
 def zoo_predict(
     store: Path = typer.Argument(..., help="Population store that records weights (a model zoo)."),
+    runs: str = runs_option(),
     features: str = typer.Option("stats", help="stats (per-tensor statistics), weights (raw), hyper (hyperparameters) or stats+hyper."),
     model: str = typer.Option("gbm", help="linear (ridge), gbm (gradient boosting) or dnn (MLP)."),
     checkpoint: Optional[str] = typer.Option(None, help="Epoch whose weights are the input (default: the last recorded); 'all', or a list '1,3'."),
@@ -76,50 +79,55 @@ def zoo_predict(
     test_fraction: float = typer.Option(0.2, "--test-fraction", help="Share of networks in the test split."),
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of networks in the validation split (early stopping, model choice)."),
     gbm_backend: str = typer.Option("auto", "--gbm-backend", help="auto (LightGBM when installed, else scikit-learn), lightgbm or sklearn."),
-    out: Optional[Path] = typer.Option(None, help="Directory for the scatter plot and tables (default: STORE/reports/zoo-predict/<features>-<model>)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the scores as a JSON object."),
+    plot: Optional[Path] = typer.Option(None, help="PNG of predicted against true accuracy on the test networks (default: STORE/reports/zoo-predict/<features>-<model>/scatter.png)."),
+    csv: Optional[Path] = csv_option("CSV: run,checkpoint,split,true_accuracy,predicted_accuracy (one row per sample)."),
+    as_json: bool = json_option(),
+    out: Optional[Path] = typer.Option(None, hidden=True, help="Deprecated: use --plot and --csv (a folder for scatter.png, predictions.csv and metrics.json)."),
 ):
     """Predict test accuracy from weights: split by network, fit, and score R^2 and Kendall's tau on the test networks."""
-    from ..analysis.zoo import analysis_name, predict_accuracy
-    from ..store import json_safe
-    from ..population import open as open_population
+    from ..analysis.zoo import ZooPredictOptions, analysis_name, predict_accuracy
     from ..report.zoo import prediction_scatter
 
-    pop = open_population(store)
-    result = predict_accuracy(
-        pop, features, model, checkpoint, target, seed=seed, test_fraction=test_fraction, val_fraction=val_fraction, gbm_backend=gbm_backend
+    options = ZooPredictOptions(
+        runs=runs, features=features, model=model, checkpoints=checkpoint, target=target, seed=seed, test_fraction=test_fraction,
+        val_fraction=val_fraction, gbm_backend=gbm_backend,
     )
+    if out is not None:
+        typer.echo("note: --out is deprecated and will be removed; use --plot and --csv", err=True)
+        plot, csv = plot or out / "scatter.png", csv or out / "predictions.csv"
+    pop = open_population(store)
+    result = predict_accuracy(pop, options)
     m = result.metrics
-    folder = out or store / "reports" / "zoo-predict" / analysis_name(features, model, target).removeprefix("zoo-predict-")
-    folder.mkdir(parents=True, exist_ok=True)
-    result.table().to_csv(folder / "predictions.csv", index=False)
-    (folder / "metrics.json").write_text(json.dumps(json_safe(m), indent=2, default=float))
+    plot = plot or store / "reports" / "zoo-predict" / analysis_name(features, model, target).removeprefix("zoo-predict-") / "scatter.png"
     test = result.split == 2
     prediction_scatter(
         result.y_true[test],
         result.y_pred[test],
-        folder / "scatter.png",
+        plot,
         title=f"{pop.recipe.data.dataset}: {features} features, {model} (test networks)",
-        note=f"R$^2$ = {m['r2']:.3f}\nKendall $\\tau$ = {m['kendall_tau']:.3f}\n{m['n_test_networks']} networks",
+        note=f"R$^2$ = {number(m['r2'], '.3f')}\nKendall $\\tau$ = {number(m['kendall_tau'], '.3f')}\n{m['n_test_networks']} networks",
         color=result.checkpoints[test] if len(m["checkpoints"]) > 1 else None,
         color_label="checkpoint epoch",
     )
-    m = {**m, "scatter": str(folder / "scatter.png"), "predictions": str(folder / "predictions.csv")}
-    if as_json:
-        print_json(m)
-        return
-    typer.echo(f"{store}: {features} -> {model}, checkpoint(s) {m['checkpoints']}, target: {target} test accuracy")
-    rows = [
-        ("R^2 (test)", f"{m['r2']:.4f}"),
-        ("Kendall tau (test)", f"{m['kendall_tau']:.4f}"),
-        ("MSE / MAE (test)", f"{m['mse']:.3g} / {m['mae']:.3g}"),
-        ("networks train / val / test", f"{m['n_train_networks']} / {m['n_val_networks']} / {m['n_test_networks']}"),
-        ("samples train / val / test", f"{m['n_train_samples']} / {m['n_val_samples']} / {m['n_test_samples']}"),
-        ("samples left out (not finite)", str(m["n_excluded_samples"])),
-        ("features", str(m["num_features"])),
-        ("predictor", ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in m["predictor"].items())),
-    ]
-    width = max(len(k) for k, _ in rows)
-    for k, v in rows:
-        typer.echo(f"  {k:<{width}}  {v}")
-    typer.echo(f"  scatter plot and predictions in {folder}")
+    files = {"plot": str(plot)}
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(json_safe(m), indent=2, default=float))
+        files["metrics"] = str(out / "metrics.json")
+
+    def text(s: dict) -> list[str]:
+        rows = [
+            ("R^2 (test)", number(s["r2"])),
+            ("Kendall tau (test)", number(s["kendall_tau"])),
+            ("MSE / MAE (test)", f"{s['mse']:.3g} / {s['mae']:.3g}"),
+            ("networks train / val / test", f"{s['n_train_networks']} / {s['n_val_networks']} / {s['n_test_networks']}"),
+            ("samples train / val / test", f"{s['n_train_samples']} / {s['n_val_samples']} / {s['n_test_samples']}"),
+            ("samples left out (not finite)", str(s["n_excluded_samples"])),
+            ("features", str(s["num_features"])),
+            ("predictor", ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in s["predictor"].items())),
+        ]
+        width = max(len(k) for k, _ in rows)
+        head = f"{store}: {features} -> {model}, checkpoint(s) {s['checkpoints']}, target: {target} test accuracy, {runs_line(s)}"
+        return [head] + [f"  {k:<{width}}  {v}" for k, v in rows]
+
+    emit(result, pop, as_json=as_json, csv=csv, text=text, files=files)

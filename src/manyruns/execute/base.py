@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from concurrent.futures import Future
+from typing import TYPE_CHECKING
 
-from ..training.worker import WorkOrder, WorkReport
+if TYPE_CHECKING:  # the worker module imports torch
+    from ..training.worker import WorkOrder, WorkReport
 
 
 def available_cores() -> int:

@@ -34,7 +34,7 @@ from .. import store as store_mod
 from ..analysis.heldout import HeldoutSource
 from ..data import Dataset, check_fingerprint, load_dataset, resolve_data_root
 from ..population import Population
-from ..store import SUMMARY_COLUMNS, Store, StoreError
+from ..store import SUMMARY_COLUMNS, StoreError
 
 FORMAT = "heldout-release"
 FILE_NAME = "aux_arrays.npz"
@@ -218,14 +218,9 @@ def import_release(
     root = resolve_data_root(data_dir)
     data: Dataset = load_dataset(dataset, root)
     path = Path(store_path)
-    existing = Store.open(path) if (path / "zarr.json").is_file() else None
-    if existing is None and path.exists() and any(path.iterdir()):
-        raise StoreError(f"{path} exists, is not empty and holds no manyruns store")
+    existing = store_mod.open_imported(path, FORMAT, "held-out release")
     known: set[str] = set()
     if existing is not None:
-        source = existing.meta.get("source") or {}
-        if source.get("format") != FORMAT:
-            raise StoreError(f"{path} holds no imported held-out release (its runs come from {source.get('format') or 'a recipe'}); import into a new store")
         check_fingerprint(existing.fingerprint, data, str(path))
         known = set(existing.meta["runs"].get("release_run", []))
 
@@ -244,51 +239,31 @@ def import_release(
             "correct/train": ((data.n_train,), "bool", False),
             "correct/test": ((data.n_test,), "bool", False),
         }
-        source = {"format": FORMAT, "directories": []}
-        store = store_mod.create_imported(path, data.name, data.fingerprint(), (data.y_train, data.y_test), len(todo), arrays, source, data.num_classes, data.input_shape)
-        first = 0
-        columns = {"seed": [], "cell": [], "subset": [], "label_noise": [], "inputs": [], "release_run": []}
+        spec = store_mod.ImportSpec(
+            data.name, data.fingerprint(), (data.y_train, data.y_test), data.num_classes, data.input_shape, arrays, {"format": FORMAT, "directories": []}
+        )
+        store = store_mod.create_imported(path, spec)
     else:
         store = existing
-        first = store.num_runs
-        columns = {k: list(v) for k, v in store.meta["runs"].items()}
-        store_mod.grow_imported(store, first + len(todo))
-
-    for run in todo:
-        columns["seed"].append(0)
-        columns["subset"].append(run.ratio)
-        columns["label_noise"].append(0.0)
-        columns["inputs"].append("none")
-        columns["release_run"].append(f"{release_key}::{run.key}")
-        columns["cell"].append(0)
-    ratios = sorted(set(columns["subset"]))
-    columns["cell"] = [ratios.index(q) for q in columns["subset"]]
-    meta = dict(store.meta)
-    meta["runs"] = columns
-    source = dict(meta.get("source") or {"format": FORMAT})
+    first = store.num_runs
+    store_mod.append_runs(store, {"subset": [run.ratio for run in todo], "release_run": [f"{release_key}::{run.key}" for run in todo]})
+    source = dict(store.meta.get("source") or {"format": FORMAT})
     source["directories"] = sorted(set(source.get("directories", [])) | {release_key})
-    meta["source"] = source
-    recipe = dict(meta["recipe"])
-    recipe["population"] = {**recipe["population"], "subset": ratios if len(ratios) > 1 else ratios[0]}
-    meta["recipe"] = recipe
-    if root is not None:
-        meta["data_dir"] = str(root.resolve())
-    store._set_meta(meta)
+    store.record_source(source, str(root.resolve()) if root is not None else None)
+    columns = store.meta["runs"]
+    ratios = sorted(set(columns["subset"]))
 
+    labels = np.asarray(data.y_train, dtype=np.int16)[None]
     for offset, run in enumerate(todo):
         arrays = read_run(run.path, data.n_train, data.n_test)
-        r = first + offset
-        store.array("correct/train")[r] = arrays.correct_train
-        store.array("correct/test")[r] = arrays.correct_test
-        store.write_run(
-            store_mod.RunRecord(
-                index=r,
-                status="ok",
-                mask=arrays.mask,
-                labels=data.y_train,
-                summary=_summary(arrays),
-            )
-        )
+        rows = {
+            "mask/train": arrays.mask[None],
+            "labels/train": labels,
+            "correct/train": arrays.correct_train[None],
+            "correct/test": arrays.correct_test[None],
+            "summary": _summary(arrays)[None],
+        }
+        store.write_runs(first + offset, rows, np.array([store_mod.STATUS_CODES["ok"]]))
     return {
         "store": str(path),
         "dataset": data.name,
@@ -356,7 +331,7 @@ def export_release(pop: Population, out_dir: str | os.PathLike, runs="ok", block
     counts: dict[str, int] = {}
     for q in ratios:
         counts[f"{q:g}"] = counts.get(f"{q:g}", 0) + 1
-    return {"out_dir": str(out), "runs": int(source.runs.size), "ratios": counts}
+    return {"out_dir": str(out), "runs": source.runs.tolist(), "run_count": int(source.runs.size), "ratios": counts}
 
 
 def _run_names(pop: Population, runs: np.ndarray) -> list[str]:

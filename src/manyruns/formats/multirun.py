@@ -187,16 +187,11 @@ def import_multirun_logits(
     root = resolve_data_root(data_dir)
     data: Dataset = load_dataset(dataset, root)
     path = Path(store_path)
-    existing = Store.open(path) if (path / "zarr.json").is_file() else None
-    if existing is None and path.exists() and any(path.iterdir()):
-        raise StoreError(f"{path} exists, is not empty and holds no manyruns store")
+    existing = store_mod.open_imported(path, FORMAT, "multirun logits")
     known = []
     if existing is not None:
-        source = existing.meta.get("source") or {}
-        if source.get("format") != FORMAT:
-            raise StoreError(f"{path} holds no imported multirun logits (its runs come from {source.get('format') or 'a recipe'}); import into a new store")
         check_fingerprint(existing.fingerprint, data, str(path))
-        known = [(f["path"], f["bytes"]) for f in source.get("files", [])]
+        known = [(f["path"], f["bytes"]) for f in (existing.meta["source"].get("files") or [])]
 
     logs: list[MultirunLog] = []
     for f in files:
@@ -216,15 +211,16 @@ def import_multirun_logits(
         }
         if has_tta:
             arrays["logits/test_tta"] = ((data.n_test, data.num_classes), "float16", np.nan)
-        source = {"format": FORMAT, "files": [], "code": {}}
-        store = store_mod.create_imported(path, data.name, data.fingerprint(), (data.y_train, data.y_test), added, arrays, source, data.num_classes, data.input_shape)
-        first = 0
+        spec = store_mod.ImportSpec(
+            data.name, data.fingerprint(), (data.y_train, data.y_test), data.num_classes, data.input_shape, arrays, {"format": FORMAT, "files": [], "code": {}}
+        )
+        store = store_mod.create_imported(path, spec)
     else:
         store = existing
-        first = store.num_runs
-        source = dict(store.meta["source"])
-        store_mod.grow_imported(store, first + added, source)
+    first = store.num_runs
+    store_mod.append_runs(store, {"seed": [0] * added})
 
+    source = dict(store.meta["source"])
     source = {"format": FORMAT, "files": list(source.get("files", [])), "code": dict(source.get("code", {}))}
     ignored_tta = []
     start = first
@@ -239,11 +235,8 @@ def import_multirun_logits(
             ignored_tta.append(str(log.path))
         source["files"].append({"path": str(log.path.resolve()), "bytes": log.size, "runs": [start, stop], "code": code_id, "tta": log.logits_tta is not None and has_tta})
         start = stop
-    meta = dict(store.meta)
-    meta["source"] = source
-    if root is not None:  # where `pairs` finds the images later
-        meta["data_dir"] = str(root.resolve())
-    store._set_meta(meta)
+    # where `pairs` finds the images later
+    store.record_source(source, str(root.resolve()) if root is not None else None)
 
     pop = Population(Store.open(path))
     acc = pop.store.summary()[first:, SUMMARY_COLUMNS.index("test_acc")]
@@ -262,19 +255,15 @@ def _write_log(store: Store, log: MultirunLog, start: int, data: Dataset, block_
     """Write the runs of ``log`` to runs ``start..`` block by block; commit markers last."""
     for i in range(0, log.runs, block_runs):
         j = min(log.runs, i + block_runs)
-        r0, r1 = start + i, start + j
         test = log.logits[i:j].to(torch.float16).numpy()
         train = log.logits_train[i:j].to(torch.float16).numpy()
         summary, status = _run_summaries(test, train, data.y_test, data.y_train)
-        store.array("logits/test")[r0:r1] = test
-        store.array("logits/train")[r0:r1] = train
+        rows = {"logits/test": test, "logits/train": train, "summary": summary}
         if has_tta and log.logits_tta is not None:
-            store.array("logits/test_tta")[r0:r1] = log.logits_tta[i:j].to(torch.float16).numpy()
+            rows["logits/test_tta"] = log.logits_tta[i:j].to(torch.float16).numpy()
         if log.accs is not None:
-            store.array("accs")[r0:r1] = log.accs[i:j].astype(np.float32)
-        store.array("summary")[r0:r1] = summary
-        store.array("status")[r0:r1] = status
-        store.array("committed")[r0:r1] = np.ones(r1 - r0, dtype=bool)
+            rows["accs"] = log.accs[i:j].astype(np.float32)
+        store.write_runs(start + i, rows, status)
 
 
 def training_scripts(pop: Population) -> dict[str, str]:

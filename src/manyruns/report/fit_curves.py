@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..analysis.randomization import FitCurves
+from .figures import pyplot, save
 
 PANELS = (
     ("train_acc", "train accuracy (labels seen)", 100.0),
@@ -20,13 +21,7 @@ PANELS = (
 def plot_fit_curves(levels: list[FitCurves], path: str | Path, title: str = "") -> Path:
     """A 2 x 2 figure (train accuracy and loss, test accuracy and loss against epochs), one
     line per corruption level: the mean over its runs, with a band of one standard deviation."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    plt = pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex=True)
     colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, max(len(levels), 1)))
     for (column, label, scale), ax in zip(PANELS, axes.ravel()):
@@ -46,10 +41,7 @@ def plot_fit_curves(levels: list[FitCurves], path: str | Path, title: str = "") 
         ax.set_xlabel("epoch")
     axes[0, 0].legend(fontsize=8, title="corruption (runs)", title_fontsize=8)
     fig.suptitle(title or "fit curves: mean over runs, band = 1 std")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=120)
 
 
 def levels_plot_path(curves_path: str | Path) -> Path:
@@ -102,13 +94,7 @@ def plot_fit_levels(levels: list[FitCurves], path: str | Path, title: str = "") 
     """Against corruption level (the published Fig. 1b/1c), two panels: final train and test
     error, and epochs to fit (99% and 100% train accuracy); means over each level's runs with
     bars of one standard deviation, levels that never fit marked at the last epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    plt = pyplot()
     x, ticks, xlabel = level_positions(levels)
     rows = [level.to_dict(curves=False) for level in levels]
     fig, (err_ax, fit_ax) = plt.subplots(1, 2, figsize=(11, 4.5))
@@ -121,10 +107,7 @@ def plot_fit_levels(levels: list[FitCurves], path: str | Path, title: str = "") 
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title or "per corruption level: mean over runs, bars = 1 std")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=120)
 
 
 def _pct(x: float | None) -> str:

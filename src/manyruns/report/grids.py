@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from .figures import pyplot, save
 
 
 @dataclass
@@ -19,11 +20,7 @@ class Cell:
 
 def image_grid(rows: list[list[Cell]], path: str | Path, title: str | None = None, row_labels: list[str] | None = None, cell_inches: float = 1.1) -> Path:
     """Draw ``rows`` of cells (rows may differ in length) into a PNG at ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     n_rows = max(1, len(rows))
     n_cols = max([len(r) for r in rows] + [1])
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell_inches * n_cols + (1.2 if row_labels else 0), cell_inches * 1.25 * n_rows + (0.4 if title else 0)), squeeze=False)
@@ -50,9 +47,4 @@ def image_grid(rows: list[list[Cell]], path: str | Path, title: str | None = Non
             axes[i][0].set_ylabel(row_labels[i], fontsize=6, rotation=0, ha="right", va="center")
     if title:
         fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=130)

@@ -5,19 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from .figures import pyplot, save
 
 
 def prediction_scatter(y_true: np.ndarray, y_pred: np.ndarray, path: str | Path, title: str = "", note: str = "", color: np.ndarray | None = None, color_label: str = "") -> Path:
     """Scatter of predicted ``y_pred (n,)`` against true ``y_true (n,)`` accuracy with the
     diagonal, written as a PNG at ``path``. ``color (n,)``: optional values to colour points by
     (e.g. the checkpoint epoch)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
     lo = float(min(np.min(y_true, initial=0.0), np.min(y_pred, initial=0.0)))
     ax.plot([lo, 1.0], [lo, 1.0], color="0.6", lw=1, ls="--", zorder=1)
@@ -35,7 +30,4 @@ def prediction_scatter(y_true: np.ndarray, y_pred: np.ndarray, path: str | Path,
         ax.set_title(title, fontsize=10)
     if note:
         ax.text(0.03, 0.97, note, transform=ax.transAxes, va="top", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=130)

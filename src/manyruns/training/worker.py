@@ -11,14 +11,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..data import Dataset, check_fingerprint, load_dataset
+from ..data import Dataset, store_dataset
 from ..plan import group_key, plans_from_columns, realize_labels, realize_mask, run_recipe, run_seeds
 from ..store import Store
 from .data import DeviceData, prepare
 from .engine import RunJob, train_group
 
-# Per-process caches: a worker trains many groups of the same store.
-_DATASETS: dict[tuple[str, str | None], Dataset] = {}
+# Per-process cache: a worker trains many groups of the same store.
 _DEVICE_DATA: dict[tuple, DeviceData] = {}
 
 
@@ -43,24 +42,6 @@ class WorkReport:
     pid: int = 0
 
 
-def data_root_for(store: Store, data_dir: str | None) -> str | None:
-    """Explicit ``data_dir``, else ``$MANYRUNS_DATA``, else the root recorded when planning."""
-    if data_dir is not None:
-        return data_dir
-    return os.environ.get("MANYRUNS_DATA") or store.meta.get("data_dir")
-
-
-def dataset_for(store: Store, data_dir: str | None) -> Dataset:
-    name = store.recipe.data.dataset
-    root = data_root_for(store, data_dir)
-    key = (name, root)
-    if key not in _DATASETS:
-        dataset = load_dataset(name, root)
-        check_fingerprint(store.fingerprint, dataset, str(store.path))
-        _DATASETS[key] = dataset
-    return _DATASETS[key]
-
-
 def _device_data(dataset: Dataset, recipe, inputs: str, device: torch.device) -> DeviceData:
     key = (id(dataset), inputs, recipe.data.normalize, recipe.population.seed, str(device))
     if key not in _DEVICE_DATA:
@@ -82,7 +63,7 @@ def run_work(order: WorkOrder) -> WorkReport:
     recipe = store.recipe
     committed = store.committed()
     plans = plans_from_columns(store.meta["runs"])
-    dataset = dataset_for(store, order.data_dir)
+    dataset = store_dataset(store, order.data_dir)
     device = torch.device(order.device)
     report = WorkReport(runs=list(order.runs), pid=os.getpid())
 
