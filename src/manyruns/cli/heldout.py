@@ -127,7 +127,7 @@ def influence(
     split_half: bool = typer.Option(True, "--split-half/--no-split-half", help="Split-half agreement of the pairs and top influencers (twice the accumulator memory, a slower finishing step)."),
     dense: Optional[str] = typer.Option(None, "--dense", help="Also write the full influence matrix: 'store' or a path ending in .npy."),
     memory_gib: float = memory_option(1.0, "Memory in GiB for the accumulators of one block of training examples."),
-    precision: str = typer.Option("auto", help="Matrix products: auto (int8 for 0/1 values, else float32), int8, bfloat16 or float32."),
+    precision: str = typer.Option("auto", help="Matrix products: auto (for 0/1 values the faster of int8 and float32 on this CPU, both exact; else float32), int8, bfloat16 or float32."),
     block_size: int = typer.Option(2048, "--block-size", help="Runs per matrix product (read at a time; more is faster and takes more memory)."),
     csv: Optional[Path] = csv_option("CSV of the top influencers: test_index,rank,train_index,infl,se,n_in,n_out."),
     pairs_csv: Optional[Path] = typer.Option(

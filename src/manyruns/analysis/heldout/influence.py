@@ -39,7 +39,7 @@ from ...streaming import TopK, column_counts, json_float
 from ..contract import Options, Result, options_of
 from .influence_finish import LABEL_COLUMNS, Finisher, PairCollector, influence_se, pairs_table
 from .influence_halves import PairStability, SplitHalfPairs, sampled_half_estimates, subsample_finite, top1_agreement
-from .influence_products import HalfProducts
+from .influence_products import HalfProducts, exact_binary_precision
 from .memorization import MembershipHalves, MemorizationOptions, MemorizationResult
 from .source import HeldoutSource
 from .stability import Stability, spearman
@@ -58,8 +58,9 @@ class InfluenceOptions(Options):
     ``block_size``: runs per matrix product (the inner dimension; larger is faster; a block
     holds ``block_size x N`` mask and value bytes). ``memory_gib``: memory for the accumulators
     of one column block of train examples (more columns per pass means fewer passes over the
-    runs). ``precision``: 'auto' (int8 for 0/1 values, float32 otherwise), 'int8', 'bfloat16'
-    or 'float32'. ``dense``: None, 'store' (``analysis/influence/matrix (T, N) float32``,
+    runs). ``precision``: 'auto' (for 0/1 values the faster of int8 and float32 on this CPU,
+    :func:`~.influence_products.exact_binary_precision`, both exact; float32 otherwise), 'int8',
+    'bfloat16' or 'float32'. ``dense``: None, 'store' (``analysis/influence/matrix (T, N) float32``,
     written by ``save``) or a path ending in ``.npy``. ``split_half``: also the pairs and top
     influencers of each half of the runs (:class:`PairStability`). ``stability_rows``: test
     rows sampled (with ``seed``) for the split-half Spearman of the estimates;
@@ -247,7 +248,7 @@ def influence_from_source(source, options: InfluenceOptions | None = None, dense
     clock = _Clock(profile)
     source.check_held_out()
     binary = source.binary
-    precision = options.precision if options.precision != "auto" else "int8" if binary else "float32"
+    precision = options.precision if options.precision != "auto" else exact_binary_precision() if binary else "float32"
     source.require("test")
     source.require("train")
     N, T = source.n_train, source.n_test

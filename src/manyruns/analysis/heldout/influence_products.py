@@ -6,8 +6,11 @@ runs; :class:`HalfProducts` keeps the two halves of the runs apart (the split-ha
 at no extra multiplication.
 
 Precision: masks and 0/1 correctness are exact in small integer and floating-point formats.
-The default for 0/1 values is int8 products with int32 accumulation (exact for any number of
-runs). The 'bfloat16' option multiplies slices of at most 256 runs, whose integer results
+For 0/1 values the default is the faster, on this CPU, of int8 products with int32
+accumulation (exact for any number of runs) and float32 products (exact below 2^24 runs):
+:func:`exact_binary_precision` measures both once per process. int8 wins by about 10x where
+the CPU has int8 dot-product instructions (AVX-512 VNNI, AMX) and loses by about 60x where it
+has not (AVX2 only; see docs/benchmarks.md). The 'bfloat16' option multiplies slices of at most 256 runs, whose integer results
 bfloat16 holds exactly, and adds them into float32. bfloat16 products return bfloat16 on CPU,
 so a longer product would round counts above 256; the slicing and the additions make that
 option slower than int8 here (see docs/benchmarks.md). Non-binary values (``trueprob``,
@@ -17,10 +20,36 @@ errors.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
 EXACT_BF16_RUNS = 256  # integers up to 2^8 are exact in bfloat16
+_FASTER_EXACT: str | None = None
+
+
+def exact_binary_precision() -> str:
+    """'int8' or 'float32', whichever multiplies 0/1 blocks faster on this CPU (both are exact
+    for 0/1 values), from a probe of a few milliseconds the first time it is asked for."""
+    global _FASTER_EXACT
+    if _FASTER_EXACT is None:
+        a = torch.randint(0, 2, (128, 1024), dtype=torch.int8)
+        b = torch.randint(0, 2, (1024, 128), dtype=torch.int8)
+        fa, fb = a.float(), b.float()
+
+        def fastest(product) -> float:
+            product()  # warm-up
+            times = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                product()
+                times.append(time.perf_counter() - t0)
+            return min(times)
+
+        int8, float32 = fastest(lambda: torch._int_mm(a, b)), fastest(lambda: fa @ fb)
+        _FASTER_EXACT = "int8" if int8 <= float32 else "float32"
+    return _FASTER_EXACT
 
 
 class MaskedProduct:
