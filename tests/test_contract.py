@@ -9,6 +9,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -84,6 +85,10 @@ def test_selection_has_one_meaning(store):
         ("ok,1", "must be a count such as 100, 'ok', 'committed', or run indices"),
         ("5-2", "the range 5-2 ends before it starts"),
         ([2, 2], "names run(s) 2 more than once"),
+        ("5,3,3", "names run(s) 3 more than once"),
+        ("0-3,2-5", "names run(s) 2-3 more than once"),
+        ("4,3-", "names run(s) 4 more than once"),
+        ("0-99999999999", "runs 8-99999999999 do not exist"),
         (True, "must be a count"),
     ],
 )
@@ -99,10 +104,22 @@ def test_an_empty_selection_is_refused(tmp_path, write_recipe):
         manyruns.open(tmp_path / "s").select()
 
 
-def test_options_check_the_form_of_runs_before_any_store():
+def test_options_check_the_form_of_runs_before_any_store(store):
     with pytest.raises(OptionError, match="runs must be a count"):
         manyruns.analysis.heldout.MemorizationOptions(runs="latest")
     assert parse("0-9,20").text == "0-9,20"
+    # a numpy integer counts runs, as an int does; a list is recorded as a list
+    options = manyruns.analysis.heldout.MemorizationOptions(runs=np.int64(3))
+    assert options.runs == 3 and options.params()["runs"] == "3"
+    assert ensemble_curve(manyruns.open(store), runs=np.int64(3)).runs.tolist() == [0, 2, 3]
+    assert manyruns.analysis.heldout.MemorizationOptions(runs=[5]).params()["runs"] == [5]
+
+
+def test_a_result_without_runs_still_summarizes():
+    from manyruns.analysis.neighbours import Neighbours
+
+    nb = Neighbours(indices=np.zeros((2, 1), dtype=np.int64), values=np.ones((2, 1), dtype=np.float32))
+    assert nb.run_count == 0 and nb.summary()["runs"] is None
 
 
 # ---------------------------------------------------------------------- Python contract
@@ -205,6 +222,33 @@ def test_invalid_options_name_the_flag_and_exit_2(store, args, message):
     result = cli(args[0], str(store), *args[1:])
     assert result.returncode == 2 and result.stderr.startswith(message) and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert store_files(store) == before
+
+
+def test_unwritable_outputs_and_bad_runs_of_an_option_are_refused_before_any_work(store, tmp_path):
+    before = store_files(store)
+    for args, words in (
+        (["ensemble", "--csv", str(tmp_path)], "--csv"),
+        (["memorization", "--grid", str(tmp_path)], "--grid"),
+        (["kernel", "--npz", str(tmp_path / "nb.npz"), "--csv", "/proc/x/y.csv"], "--csv"),
+        (["pairs", "--features-grid", str(tmp_path / "f.png"), "--feature-run", "999"], "--feature-run 999"),
+        (["memorization", "--out", str(tmp_path / "a.csv"), "--csv", str(tmp_path / "b.csv")], "give --csv or its old name --out, not both"),
+    ):
+        result = cli(args[0], str(store), *args[1:])
+        assert result.returncode == 2 and words in result.stderr and len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
+    assert store_files(store) == before
+
+
+def test_dense_influence_makes_no_file_for_a_store_it_cannot_serve(tmp_path, write_recipe):
+    manyruns.plan(write_recipe(tiny_recipe(runs=2, subset="1.0")), tmp_path / "s")
+    manyruns.train(tmp_path / "s", executor="serial", progress=False)
+    with pytest.raises(manyruns.analysis.heldout.NoHeldoutRunsError):
+        influence(manyruns.open(tmp_path / "s"), dense=tmp_path / "m.npy")
+    assert not (tmp_path / "m.npy").exists()
+
+
+def test_knn_says_when_runs_look_like_the_old_run_counts(store):
+    result = cli("knn", str(store), "--k", "2", "--runs", "2,3")
+    assert result.returncode == 0 and "for the accuracy with the first n runs, use --sizes 2,3" in result.stderr
 
 
 def test_deprecated_option_names_still_work_for_a_release(store, tmp_path):

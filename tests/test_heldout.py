@@ -377,7 +377,7 @@ def test_cscore_matches_dense_and_leaves_out_full_set_runs(tmp_path):
     pop = array_store(tmp_path / "s", mask, ytr, yte, ratio, ctr, cte, trueprob=trueprob)
     result = cscore(pop, block_size=8)
     levels, per, score, se = dense_cscore(mask, ctr, ratio)
-    assert np.allclose(result.ratios, levels) and result.excluded_full_runs == 5 and result.run_count == 40
+    assert np.allclose(result.ratios, levels) and result.excluded_full_runs == 5 and result.ratio_runs.size == 40 and result.run_count == 45
     np.testing.assert_allclose(result.per_ratio, per, atol=1e-12)
     np.testing.assert_allclose(result.cscore, score, atol=1e-12)
     np.testing.assert_allclose(result.se, se, atol=1e-12)

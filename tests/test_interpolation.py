@@ -236,7 +236,7 @@ def test_a_cg_refusal_names_what_it_holds_and_suggests_only_what_helps(matrix):
     assert "needs about 3.4 GB (no kernel matrix (recomputed at every product), preconditioner blocks 1.9 GB," in message
     assert "pixels and targets 477.4 MB, a fixed 314.6 MB for the interpreter and its libraries) but 2.0 GB is available" in message
     assert "0 bytes" not in message and "--matrix on-the-fly" not in message
-    assert message.endswith("use --subset N, a smaller --block-size or --preconditioner none")
+    assert message.endswith("use --subset N, a smaller --preconditioner-block or --preconditioner none")
     with pytest.raises(ValueError) as err:
         check_request(60_000, 10_000, 784, 10, InterpolationOptions(bandwidth=0.02, solver="cg", matrix=matrix, preconditioner="none", memory_gib=10**9 / 2**30))
     assert "preconditioner" not in flags(err.value) and flags(err.value).endswith("is available; use --subset N")
@@ -269,7 +269,7 @@ def test_the_estimate_for_a_small_problem_is_its_fixed_allowance_and_a_bound():
         ({"preconditioner": "ilu"}, "preconditioner must be"),
         ({"tol": 0.0}, "tol must be positive"),
         ({"max_iter": 0}, "max_iter must be at least 1"),
-        ({"block_size": 0}, "block_size must be at least 1"),
+        ({"preconditioner_block": 0}, "preconditioner_block must be at least 1"),
         ({"memory_gib": -1}, "memory_gib must be positive"),
     ],
 )

@@ -40,6 +40,7 @@ from manyruns.report.pairs import kernel_vs_features_grid, neighbour_grid
 from manyruns.streaming import doubling_sizes
 from manyruns.data import load_dataset
 from manyruns.formats.multirun import import_multirun_logits
+from manyruns.errors import OptionError
 from manyruns.store import StoreError
 
 from .conftest import tiny_recipe
@@ -376,7 +377,7 @@ def test_grids_on_a_trained_population(tmp_path, trained):
     features = trained.array("features/train")[0].astype(np.float32)
     q = trained.array("features/test")[0].astype(np.float32)[chosen["queries"]]
     assert np.array_equal(np.asarray(chosen["features"]), feature_neighbours(features, q, 2))
-    with pytest.raises(StoreError, match="no recorded features"):
+    with pytest.raises(OptionError, match="no recorded features"):
         kernel_vs_features_grid(trained, data, nb, tmp_path / "x.png", run=4)
 
 

@@ -19,4 +19,4 @@ def test_plan_train_open_round_trip(tmp_path, write_recipe):
     logits = pop.load("logits/test")
     assert logits.shape == (4, 359, 10) and logits.dtype == np.float16
     ens = ensemble_accuracy(pop)
-    assert ens["runs"] == 4 and ens["logit_accuracy"] > 0.5
+    assert ens["run_count"] == 4 and ens["logit_accuracy"] > 0.5

@@ -39,7 +39,7 @@ class OptionError(InputError):
 
     def __init__(self, param: str, message: str):
         self.param = param
-        self.template = message if _PLACE.search(message) else "{param} " + message
+        self.template = message if "{param}" in message else "{param} " + message
         super().__init__(self.worded())
 
     def worded(self, name: str | None = None, names: Callable[[str], str] = lambda p: p) -> str:

@@ -74,7 +74,8 @@ def parse(runs: RunSelection) -> Spec:
     values = np.asarray(runs)
     if values.ndim != 1 or (values.size and values.dtype.kind not in "iu"):
         raise OptionError("runs", f"must be {SYNTAX}, or a list of run indices; got {_short(runs)}")
-    return Spec("list", format_runs(values), indices=tuple(int(v) for v in values))
+    indices = tuple(int(v) for v in values)
+    return Spec("list", "[" + ", ".join(map(str, indices[:20])) + (", ..." if len(indices) > 20 else "") + "]", indices=indices)
 
 
 def resolve(spec: Spec, num_runs: int, committed: np.ndarray, ok: Callable[[], np.ndarray]) -> np.ndarray:
@@ -95,10 +96,21 @@ def resolve(spec: Spec, num_runs: int, committed: np.ndarray, ok: Callable[[], n
             named = np.asarray(spec.indices, dtype=np.int64)
             open_from = None
         else:
+            # ranges past the last run are refused before any of them is spelled out
+            beyond = [(a, b) for a, b in spec.ranges if b is not None and b >= num_runs]
+            if beyond:
+                a, b = beyond[0]
+                first = max(a, num_runs)
+                raise OptionError(
+                    "runs", f"{{param}} {spec.text}: {'run' if first == b else 'runs'} {first if first == b else f'{first}-{b}'} "
+                    f"{'does' if first == b else 'do'} not exist (the store has runs 0-{num_runs - 1})"
+                )
             closed = [np.arange(a, b + 1) for a, b in spec.ranges if b is not None]
             named = np.concatenate(closed) if closed else np.zeros(0, dtype=np.int64)
             starts = [a for a, b in spec.ranges if b is None]
             open_from = min(starts) if starts else None
+            if open_from is not None:  # named runs inside the open range are named twice
+                named = np.concatenate([named, np.arange(open_from, num_runs)[committed[open_from:]]]) if open_from < num_runs else named
         unknown = named[(named < 0) | (named >= num_runs)]
         if unknown.size:
             raise OptionError(
@@ -113,14 +125,10 @@ def resolve(spec: Spec, num_runs: int, committed: np.ndarray, ok: Callable[[], n
                 "runs", f"{{param}} {spec.text}: {_runs_word(not_committed)} {format_runs(not_committed, limit=6)} "
                 f"{'is' if not_committed.size == 1 else 'are'} not committed (train first, or leave {'it' if not_committed.size == 1 else 'them'} out)"
             )
-        if spec.kind == "list":
-            if np.unique(named).size != named.size:
-                values, counts = np.unique(named, return_counts=True)
-                raise OptionError("runs", f"{{param}} names run(s) {format_runs(values[counts > 1], limit=6)} more than once")
-            chosen = named
-        else:
-            tail = np.flatnonzero(committed[open_from:]) + open_from if open_from is not None else np.zeros(0, dtype=np.int64)
-            chosen = np.union1d(named, tail)
+        if np.unique(named).size != named.size:
+            values, counts = np.unique(named, return_counts=True)
+            raise OptionError("runs", f"{{param}} {spec.text}: names run(s) {format_runs(values[counts > 1], limit=6)} more than once")
+        chosen = named if spec.kind == "list" else np.sort(named)
     if chosen.size == 0:
         done = int(committed.sum())
         what = {"ok": "no run is ok", "committed": "no run is committed"}.get(spec.kind, "none of them is committed")

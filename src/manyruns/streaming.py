@@ -60,6 +60,12 @@ def _is_zero(shift) -> bool:
     return isinstance(shift, (int, float)) and shift == 0
 
 
+def _copy(x):
+    if _is_torch(x):
+        return x.clone()
+    return x.copy() if isinstance(x, np.ndarray) else x
+
+
 def _float64(x):
     if isinstance(x, (int, float)):
         return float(x)
@@ -128,6 +134,9 @@ class Moments:
         self.total_sq += np.square(values).sum(0)
         self.count += keep.sum(0)
 
+    def copy(self) -> "Moments":
+        return Moments(*(_copy(x) for x in (self.count, self.total, self.total_sq, self.shift)))
+
     def moved_to(self, shift) -> "Moments":
         """The same moments about another shift (exact in float64)."""
         delta = _float64(self.shift) - _float64(shift)
@@ -137,9 +146,9 @@ class Moments:
 
     def __add__(self, other: "Moments") -> "Moments":
         if isinstance(other.count, int) and other.count == 0:
-            return self
+            return self.copy()  # a new object: adding to it later leaves the operands alone
         if isinstance(self.count, int) and self.count == 0:
-            return other
+            return other.copy()
         o = other if other.shift is self.shift else other.moved_to(self.shift)
         return Moments(self.count + o.count, self.total + o.total, self.total_sq + o.total_sq, self.shift)
 

@@ -48,7 +48,9 @@ class CheckedOptions:
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            out[f.name] = selection.parse(value).text if f.name == "runs" else value
+            if f.name == "runs":  # a list stays a list: its text would read back as a count or a sorted set
+                value = list(value) if isinstance(value, tuple) else selection.parse(value).text
+            out[f.name] = value
         return json_safe(out)
 
     def replace(self, **changes):
@@ -64,7 +66,9 @@ class Options(CheckedOptions):
 
     def __post_init__(self) -> None:
         selection.parse(self.runs)  # the form only; the store is checked by Population.select
-        if not isinstance(self.runs, (str, int, type(None))):
+        if isinstance(self.runs, np.integer):
+            object.__setattr__(self, "runs", int(self.runs))
+        elif not isinstance(self.runs, (str, int, type(None))):
             object.__setattr__(self, "runs", tuple(int(r) for r in np.asarray(self.runs).reshape(-1)))
         self.validate()
 
@@ -93,12 +97,13 @@ class Result:
 
     @property
     def run_count(self) -> int:
-        return int(np.asarray(self.runs).size)
+        return 0 if self.runs is None else int(np.asarray(self.runs).size)
 
     def summary(self, **detail) -> dict:
         """A JSON-ready dict: the analysis, the runs used, the options, and what the analysis
         reports (:meth:`_summary`, which takes ``detail`` such as ``top=5``)."""
-        head = {"analysis": self.store_name, "runs": [int(r) for r in np.asarray(self.runs)], "run_count": self.run_count}
+        runs = None if self.runs is None else [int(r) for r in np.asarray(self.runs).reshape(-1)]
+        head = {"analysis": self.store_name, "runs": runs, "run_count": self.run_count}
         return json_safe({**head, **self._summary(**detail), "options": self.options.params()})
 
     def _summary(self) -> dict:
@@ -122,13 +127,30 @@ class Result:
         """Write this result to ``analysis/<store_name>`` of ``pop``'s store (replacing what was
         there); returns that path."""
         group = pop.store.analysis_group(self.store_name, self.options.params())
-        group.create_array("runs", data=np.asarray(self.runs, dtype=np.int64))
+        if self.runs is not None:
+            group.create_array("runs", data=np.asarray(self.runs, dtype=np.int64))
         for key, value in self.arrays().items():
             group.create_array(key, data=np.asarray(value))
         summary = self.summary()
         summary.pop("runs")  # kept as the array
         group.attrs.update({"summary": summary, "version": __version__, "saved": time.time()})
         return f"analysis/{self.store_name}"
+
+
+def check_counts(param: str, values, low: int = 1) -> tuple[int, ...] | None:
+    """``values`` (None, or integers of at least ``low``) as a sorted tuple without repeats."""
+    if values is None:
+        return None
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise OptionError(param, f"must be a list of run counts, got {values!r}")
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+            raise OptionError(param, f"must be run counts of at least {low}, got {list(values)!r}")
+        out.append(int(v))
+    if not out:
+        raise OptionError(param, "needs at least one run count")
+    return tuple(sorted(set(out)))
 
 
 def describe_values(values: np.ndarray, quantiles=(0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99)) -> dict:

@@ -18,7 +18,7 @@ from ..errors import NotApplicableError, OptionError, check_choice, check_number
 from ..population import Population
 from ..selection import RunSelection
 from ..streaming import doubling_sizes
-from .contract import Options, Result, options_of
+from .contract import Options, Result, check_counts, options_of
 
 SPLITS = ("test", "train")
 
@@ -28,37 +28,15 @@ def log_softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
 
 
-def ensemble_sums(pop: Population, split: str = "test", runs: RunSelection = "ok", block_size: int = 256) -> tuple[np.ndarray, np.ndarray, int]:
-    """Sums over runs of logits and of probabilities: ``(N, C)`` float64 each, and the run count."""
-    if not pop.store.has(f"logits/{split}"):
-        raise NotApplicableError(f"{pop.path}: this store records no logits/{split} to ensemble")
-    logit_sum = prob_sum = None
-    count = 0
-    for _, block in pop.blocks(f"logits/{split}", runs, block_size):
-        x = block.astype(np.float32)  # (b, N, C)
-        probs = np.exp(log_softmax(x))
-        if logit_sum is None:
-            logit_sum = np.zeros(x.shape[1:], dtype=np.float64)
-            prob_sum = np.zeros(x.shape[1:], dtype=np.float64)
-        logit_sum += x.sum(0, dtype=np.float64)
-        prob_sum += probs.sum(0, dtype=np.float64)
-        count += x.shape[0]
-    return logit_sum, prob_sum, count
-
-
 def ensemble_accuracy(pop: Population, split: str = "test", runs: RunSelection = "ok", labels: np.ndarray | None = None) -> dict:
-    """Accuracy of the mean-logit and mean-probability ensembles of ``runs`` on ``split``.
+    """Accuracy of the mean-logit and mean-probability ensembles of all the selected runs on
+    ``split`` (the last point of :func:`ensemble_curve`), and their number.
 
     ``labels``: ``(N,)``; defaults to the dataset's own labels for ``split``.
     """
-    logit_sum, prob_sum, count = ensemble_sums(pop, split, runs)
-    if labels is None:
-        labels = pop.targets(split)
-    return {
-        "runs": count,
-        "logit_accuracy": float((logit_sum.argmax(1) == labels).mean()),
-        "prob_accuracy": float((prob_sum.argmax(1) == labels).mean()),
-    }
+    selected = pop.select(runs)
+    curve = ensemble_curve(pop, EnsembleOptions(split=split, runs=selected, sizes=(selected.size,)), labels=labels)
+    return {"run_count": curve.run_count, "logit_accuracy": curve.logit_accuracy[-1], "prob_accuracy": curve.prob_accuracy[-1]}
 
 
 # ------------------------------------------------------------------ accuracy against ensemble size
@@ -76,10 +54,7 @@ class EnsembleOptions(Options):
     def validate(self) -> None:
         check_choice("split", self.split, SPLITS)
         check_number("block_size", self.block_size, 1, integer=True)
-        if self.sizes is not None:
-            object.__setattr__(self, "sizes", tuple(sorted(set(int(n) for n in self.sizes))))
-            if not self.sizes or self.sizes[0] < 1:
-                raise OptionError("sizes", f"must be run counts of at least 1, got {list(self.sizes)}")
+        object.__setattr__(self, "sizes", check_counts("sizes", self.sizes, 1))
 
 
 @dataclass(kw_only=True)
@@ -141,7 +116,7 @@ class EnsembleCurve(Result):
 
 
 def ensemble_curve(pop: Population, options: EnsembleOptions | None = None, labels: np.ndarray | None = None, **fields) -> EnsembleCurve:
-    """One streaming pass over the selected runs (in index order): each run's accuracy, and the
+    """One streaming pass over the selected runs (in the order selected): each run's accuracy, and the
     mean-logit and mean-probability ensemble accuracy of the first ``n`` runs for each ``n`` in
     the sizes. ``labels (N,)``: what accuracy is measured against (default: the dataset's)."""
     options = options_of(EnsembleOptions, options, fields)
@@ -180,4 +155,4 @@ def ensemble_curve(pop: Population, options: EnsembleOptions | None = None, labe
     )
 
 
-__all__ = ["EnsembleCurve", "EnsembleOptions", "ensemble_accuracy", "ensemble_curve", "ensemble_sums", "log_softmax"]
+__all__ = ["EnsembleCurve", "EnsembleOptions", "ensemble_accuracy", "ensemble_curve", "log_softmax"]

@@ -44,7 +44,7 @@ import torch
 from ..errors import NotApplicableError, OptionError, check_choice, check_number
 from ..population import Population
 from ..selection import RunSelection
-from ..streaming import Moments, TopK, topk
+from ..streaming import Moments, TopK, run_blocks, topk
 from .contract import Options
 
 ZERO_STD_RELATIVE = 4 * float(np.finfo(np.float32).eps)
@@ -84,8 +84,8 @@ class PopulationLogits:
         return int(self.pop.array(f"logits/{split}").shape[1])
 
     def blocks(self, split: str, block_runs: int) -> Iterator[np.ndarray]:
-        for start in range(0, self.runs.size, block_runs):
-            yield self.pop.read(f"logits/{split}", self.runs[start : start + block_runs])
+        for block in run_blocks(self.runs, block_runs):
+            yield self.pop.read(f"logits/{split}", block)
 
 
 class ArrayLogits:
@@ -102,8 +102,8 @@ class ArrayLogits:
 
     def blocks(self, split: str, block_runs: int) -> Iterator[np.ndarray]:
         values = self.arrays[split]
-        for start in range(0, self.num_runs, block_runs):
-            yield np.asarray(values[start : start + block_runs])
+        for block in run_blocks(np.arange(self.num_runs), block_runs):
+            yield np.asarray(values[block[0] : block[-1] + 1])
 
 
 # ------------------------------------------------------------------------------- options

@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..errors import OptionError, check_number
 from ..population import Population
-from .contract import Result, options_of
+from .contract import Result, check_counts, options_of
 from .ensemble import ensemble_accuracy
 from .kernel import KernelOptions, Workspace
 from .neighbours import NeighbourOptions, Neighbours, stored_or_computed
@@ -63,10 +63,7 @@ class KnnOptions(KernelOptions):
         super().validate()
         check_number("k", self.k, 1, integer=True)
         check_number("power", self.power, 0)
-        if self.sizes is not None:
-            object.__setattr__(self, "sizes", tuple(int(n) for n in self.sizes))
-            if not self.sizes:
-                raise OptionError("sizes", "needs at least one run count")
+        object.__setattr__(self, "sizes", check_counts("sizes", self.sizes, 2))  # the kernel standardizes across runs: 2 at least
 
 
 @dataclass(kw_only=True)

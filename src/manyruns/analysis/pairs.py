@@ -157,15 +157,18 @@ def pairs(pop: Population, options: PairsOptions | None = None, workspace: Works
     return PairsResult(runs=nb.runs, options=options, ranked=ranked, chosen=chosen, neighbours=nb, features=features)
 
 
-def feature_run(pop: Population) -> int:
-    """The first ok run that recorded penultimate-layer features."""
+def feature_run(pop: Population, among: np.ndarray | None = None) -> int:
+    """The first ok run that recorded penultimate-layer features (of ``among``, where given:
+    the runs of an analysis)."""
     if not pop.store.has("features/test"):
         raise NotApplicableError(f"{pop.path}: this store records no penultimate features; set `[record] features = n` in the recipe")
     keep = pop.recipe.record.features
-    ok = [int(r) for r in np.flatnonzero(pop.store.status_codes() == 1) if r < keep]
-    if not ok:
-        raise NotApplicableError(f"{pop.path}: none of the first {keep} runs (those that keep features) is committed and ok")
-    return ok[0]
+    ok = np.flatnonzero(pop.store.status_codes() == 1)
+    candidates = [int(r) for r in (ok if among is None else np.intersect1d(ok, among)) if r < keep]
+    if not candidates:
+        where = "none of the first" if among is None else "none of the selected runs is among the first"
+        raise NotApplicableError(f"{pop.path}: {where} {keep} runs (those that keep features) is committed and ok")
+    return candidates[0]
 
 
 def feature_neighbours(train_features: np.ndarray, query_features: np.ndarray, k: int, exclude: np.ndarray | None = None, chunk: int = 1024) -> np.ndarray:
@@ -190,8 +193,11 @@ def feature_neighbours(train_features: np.ndarray, query_features: np.ndarray, k
 def features_comparison(pop: Population, nb: Neighbours, count: int = 10, neighbours: int = 2, seed: int = 0, run: int | None = None) -> dict:
     """``count`` random test examples (drawn with ``seed``), their ``neighbours`` nearest train
     examples by the kernel (``nb``) and by penultimate features of run ``run`` (default: the
-    first run that kept them): ``{"queries", "kernel", "features", "feature_run"}``."""
-    run = feature_run(pop) if run is None else run
+    run of the neighbours' runs that kept them): ``{"queries", "kernel", "features", "feature_run"}``."""
+    if run is None:
+        run = feature_run(pop, nb.runs)
+    elif not (0 <= run < pop.num_runs and pop.committed[run] and run < pop.recipe.record.features):
+        raise OptionError("feature_run", f"{{param}} {run}: no recorded features (only committed runs among the first {pop.recipe.record.features} of {pop.path} keep them)")
     train_f = np.asarray(pop.array("features/train")[run], dtype=np.float32)
     test_f = np.asarray(pop.array("features/test")[run], dtype=np.float32)
     if not np.isfinite(train_f).all() or not np.isfinite(test_f).all():

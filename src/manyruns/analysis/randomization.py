@@ -25,7 +25,7 @@ import pandas as pd
 from ..errors import NotApplicableError, check_number
 from ..population import Population
 from ..store import METRIC_COLUMNS, SUMMARY_COLUMNS
-from ..streaming import Moments, json_float, mean_and_variance
+from ..streaming import Moments, json_float, mean_and_variance, run_blocks
 from .contract import Options, Result, options_of
 
 FIT_THRESHOLDS = (0.99, 1.0)
@@ -276,8 +276,7 @@ def fit_curves(pop: Population, options: FitCurvesOptions | None = None, **field
     epochs = pop.array("metrics").shape[1] - 1
     sums = [LevelSums(epochs) for _ in keys]
     runs = pop.select(options.runs)
-    for start in range(0, runs.size, options.block_size):
-        idx = runs[start : start + options.block_size]
+    for idx in run_blocks(runs, options.block_size):
         metrics, summary = pop.read("metrics", idx), pop.read("summary", idx)
         levels = level_of[idx]
         for level in np.unique(levels):

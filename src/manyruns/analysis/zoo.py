@@ -154,7 +154,7 @@ def _resolve_checkpoints(pop: Population, checkpoints) -> list[int]:
 
 
 def zoo_samples(
-    pop: Population, features: str = "stats", checkpoints=None, target: str = "checkpoint", runs: RunSelection = "committed", block_size: int = 256
+    pop: Population, features: str = "stats", checkpoints=None, target: str = "checkpoint", runs: RunSelection = "ok", block_size: int = 256
 ) -> ZooSamples:
     """Features and targets of every (network, checkpoint) sample of the selected runs, read
     block by block of runs.
@@ -282,13 +282,16 @@ class ZooPredictOptions(Options):
         check_number("block_size", self.block_size, 1, integer=True)
         split_networks(np.arange(3), self.seed, self.test_fraction, self.val_fraction)  # checks the fractions
         c = self.checkpoints
-        if isinstance(c, (list, np.ndarray)):
-            object.__setattr__(self, "checkpoints", tuple(int(e) for e in c))
-        elif isinstance(c, str) and c != "all":
-            try:
-                object.__setattr__(self, "checkpoints", tuple(int(e) for e in c.split(",") if e.strip()))
-            except ValueError:
-                raise OptionError("checkpoints", f"must be 'all', an epoch or epochs such as 1,3; got {c!r}") from None
+        if c is None or c == "all":
+            return
+        try:
+            epochs = [c] if isinstance(c, (int, np.integer)) else c.split(",") if isinstance(c, str) else list(c)
+            epochs = tuple(int(str(e).strip()) for e in epochs if str(e).strip())
+        except (TypeError, ValueError):
+            epochs = ()
+        if not epochs or min(epochs) < 0 or isinstance(c, bool):
+            raise OptionError("checkpoints", f"must be 'all', an epoch or epochs such as 1,3; got {c!r}")
+        object.__setattr__(self, "checkpoints", epochs)
 
 
 @dataclass(kw_only=True)

@@ -21,6 +21,8 @@ from typing import Callable
 
 import numpy as np
 
+from ..errors import OptionError
+
 MODELS = ("linear", "gbm", "dnn")
 GBM_BACKENDS = ("auto", "lightgbm", "sklearn")
 RIDGE_PENALTIES = tuple(10.0**k for k in range(-3, 5))
@@ -108,7 +110,7 @@ def fit_gbm(X_train, y_train, X_val, y_val, seed: int = 0, backend: str = "auto"
     if backend not in GBM_BACKENDS:
         raise ValueError(f"gbm backend must be one of {', '.join(GBM_BACKENDS)}, got {backend!r}")
     if backend == "lightgbm" and not lightgbm_available():
-        raise ValueError("gbm backend 'lightgbm' asked for but lightgbm is not installed (pip install 'manyruns[zoo]')")
+        raise OptionError("gbm_backend", "{param} lightgbm asked for but lightgbm is not installed (pip install 'manyruns[zoo]')")
     use_lightgbm = backend == "lightgbm" or (backend == "auto" and lightgbm_available())
     fit = _fit_lightgbm if use_lightgbm else _fit_sklearn_gbm
     best = None

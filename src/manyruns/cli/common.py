@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 import typer
 
-from ..data import DatasetMismatchError, DatasetNotFoundError
+from ..data import DatasetNotFoundError
 from ..errors import InputError, OptionError
 from ..recipe import RecipeError
 from ..store import StoreError
@@ -58,11 +58,13 @@ def deprecated_option(old: str, new: str):
     return typer.Option(None, old, hidden=True, help=f"Deprecated: use {new}.")
 
 
-def deprecated(old: str, new: str, value, current, convert: Callable = lambda v: v):
+def deprecated(old: str, new: str, value, current, convert: Callable = lambda v: v, default=None):
     """``current`` unless the deprecated flag ``old`` was given (then its value, converted),
-    with a one-line note on stderr."""
+    with a one-line note on stderr; both given (``current`` not its ``default``) is refused."""
     if value is None:
         return current
+    if current != default:
+        raise InputError(f"give {new} or its old name {old}, not both")
     typer.echo(f"note: {old} is deprecated and will be removed; use {new}", err=True)
     return convert(value)
 
@@ -98,7 +100,7 @@ def handle_errors(fn=None, *, flags: dict[str, str] | None = None):
             except OptionError as exc:
                 _debug()
                 fail(exc.worded(names=lambda p: flag_of(p, flags)), 2)
-            except (InputError, RecipeError, StoreError, DatasetNotFoundError, DatasetMismatchError, ValueError) as exc:
+            except (InputError, RecipeError, StoreError, DatasetNotFoundError) as exc:
                 _debug()
                 fail(str(exc), 2)
             except Exception as exc:  # noqa: BLE001 - a failure while working: one line, exit 1
@@ -118,6 +120,23 @@ def _debug() -> None:
 
 
 # ------------------------------------------------------------------------------- output
+
+
+def check_outputs(paths: dict[str, Optional[Path]]) -> None:
+    """Refuse, before any work, output paths that cannot be written (``paths``: flag -> path):
+    an existing directory, or a folder that cannot be made or written to."""
+    for flag, path in paths.items():
+        if path is None:
+            continue
+        path = Path(path)
+        if path.is_dir():
+            raise InputError(f"{flag} {path}: is a directory; give a file name")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"{flag} {path}: cannot make its folder ({exc.strerror})") from None
+        if not os.access(path.parent, os.W_OK):
+            raise InputError(f"{flag} {path}: its folder is not writable")
 
 
 def open_population(store: Path):
@@ -143,11 +162,11 @@ def emit(result, pop, *, as_json: bool, csv: Optional[Path], text: Callable[[dic
     print the summary as JSON or as the text lines ``text(summary)`` gives. ``files``: other
     outputs written (name -> path), listed in both forms."""
     summary = result.summary()
+    written = dict(files or {})
+    if csv is not None:  # the files first: a file that cannot be written leaves the store as it was
+        written["csv"] = write_csv(result.table(), csv)
     if save:
         summary["stored"] = result.save(pop)
-    written = dict(files or {})
-    if csv is not None:
-        written["csv"] = write_csv(result.table(), csv)
     summary["files"] = written
     if as_json:
         print_json(summary)

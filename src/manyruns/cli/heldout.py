@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from . import app, export_app, import_app
-from .common import csv_option, data_dir_option, deprecated, deprecated_option, emit, handle_errors, json_option, memory_option, number
+from .common import check_outputs, csv_option, data_dir_option, deprecated, deprecated_option, emit, handle_errors, json_option, memory_option, number
 from .common import open_population, print_json, runs_line, runs_option, write_csv
 
 VALUE_HELP = "Per-run value: correct (0/1), trueprob (probability of the label) or margin (label logit minus the largest other)."
@@ -96,6 +96,7 @@ def memorization(
 
     csv = deprecated("--out", "--csv", out, csv)
     options = MemorizationOptions(runs=runs, value=value, block_size=block_size)
+    check_outputs({"--csv": csv, "--grid": grid})
     pop = open_population(store)
     result = compute(pop, options)
     files = _extremes(pop, result.estimate, result, _grid_path(grid, csv, no_grid), data_dir, "mem", per_class)
@@ -147,11 +148,12 @@ def influence(
 
     csv = deprecated("--out", "--csv", out, csv)
     pairs_csv = deprecated("--pairs-out", "--pairs-csv", pairs_out, pairs_csv)
-    memory_gib = deprecated("--max-memory-gb", "--memory-gib", max_memory_gb, memory_gib)
+    memory_gib = deprecated("--max-memory-gb", "--memory-gib", max_memory_gb, memory_gib, default=1.0)
     options = InfluenceOptions(
         runs=runs, value=value, top=top, infl_threshold=infl_threshold, mem_threshold=mem_threshold, same_label=not any_label,
         max_pairs=max_pairs, split_half=split_half, dense=dense, memory_gib=memory_gib, precision=precision, block_size=block_size,
     )
+    check_outputs({"--csv": csv, "--pairs-csv": pairs_csv, "--grid": grid, "--dense": None if dense in (None, "store") else Path(dense)})
     pop = open_population(store)
     result = compute(pop, options)
     files = {}
@@ -228,6 +230,7 @@ def cscore(
 
     csv = deprecated("--out", "--csv", out, csv)
     options = CScoreOptions(runs=runs, value=value, block_size=block_size, learning_speed=learning_speed)
+    check_outputs({"--csv": csv, "--grid": grid})
     pop = open_population(store)
     result = compute(pop, options)
     files = _extremes(pop, result.cscore, result, _grid_path(grid, csv, no_grid), data_dir, "C", per_class, high_color="tab:green", low_color="tab:red")

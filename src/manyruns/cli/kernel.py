@@ -8,11 +8,12 @@ from typing import List, Optional
 import typer
 
 from . import app, import_app
-from .common import csv_option, data_dir_option, deprecated, deprecated_option, emit, fail, handle_errors, json_option, memory_option, open_population, print_json, runs_line, runs_option
+from .common import check_outputs, csv_option, data_dir_option, deprecated, deprecated_option, emit, fail, handle_errors, json_option, memory_option, open_population, print_json, runs_line, runs_option
 
 PRECISION_HELP = "Operands of the kernel's matrix products: float32, or bfloat16 (faster, about 3 significant digits)."
 MEMORY_HELP = "Memory budget in GiB for the kernel accumulator and the blocks of runs."
 DEVICE_HELP = "cpu, cuda or cuda:N."
+BLOCK_HELP = "Runs read at a time (default: from the memory budget)."
 
 
 def _ints(text: Optional[str], flag: str) -> Optional[tuple[int, ...]]:
@@ -28,8 +29,19 @@ def _ints(text: Optional[str], flag: str) -> Optional[tuple[int, ...]]:
     return values
 
 
-def _kernel_options(no_log_softmax: bool, classes: Optional[str], precision: str, device: str, memory_gib: float) -> dict:
-    return {"log_softmax": not no_log_softmax, "classes": _ints(classes, "--classes"), "precision": precision, "device": device, "memory_gib": memory_gib}
+def _kernel_options(no_log_softmax: bool, classes: Optional[str], precision: str, device: str, memory_gib: float, block_size: Optional[int]) -> dict:
+    return {
+        "log_softmax": not no_log_softmax, "classes": _ints(classes, "--classes"), "precision": precision, "device": device,
+        "memory_gib": memory_gib, "block_runs": block_size,
+    }
+
+
+def _note_run_counts(runs: str) -> None:
+    """``knn --runs 10,20,50`` counted runs before ``--sizes`` took that role: say so for a release."""
+    parts = runs.split(",")
+    if len(parts) > 1 and all(p.strip().isdigit() for p in parts) and [int(p) for p in parts] == sorted(int(p) for p in parts):
+        typer.echo(f"note: --runs {runs} selects exactly these runs; for the accuracy with the first n runs, use --sizes {runs}", err=True)
+
 
 
 @import_app.command("multirun-logits")
@@ -65,6 +77,7 @@ def ensemble(
     runs: str = runs_option(),
     split: str = typer.Option("test", help="test or train."),
     sizes: Optional[str] = typer.Option(None, help="Ensemble sizes n (the first n selected runs), e.g. 1,10,100 (default 1, 2, 4, ..., all)."),
+    block_size: int = typer.Option(256, "--block-size", help="Runs read at a time."),
     plot: Optional[Path] = typer.Option(None, help="PNG of accuracy against ensemble size (default: STORE/reports/ensemble-<split>.png)."),
     csv: Optional[Path] = csv_option("CSV: runs,logit_accuracy,prob_accuracy (one row per ensemble size)."),
     as_json: bool = json_option(),
@@ -73,7 +86,8 @@ def ensemble(
     from ..analysis.ensemble import EnsembleOptions, ensemble_curve
     from ..report.ensemble import ensemble_table, plot_ensemble
 
-    options = EnsembleOptions(runs=runs, split=split, sizes=_ints(sizes, "--sizes"))
+    options = EnsembleOptions(runs=runs, split=split, sizes=_ints(sizes, "--sizes"), block_size=block_size)
+    check_outputs({"--plot": plot, "--csv": csv})
     pop = open_population(store)
     curve = ensemble_curve(pop, options)
     figure = plot_ensemble(curve, plot or store / "reports" / f"ensemble-{split}.png", f"{pop.recipe.name}: ensemble {split} accuracy")
@@ -81,7 +95,7 @@ def ensemble(
 
 
 @app.command()
-@handle_errors(flags={"queries": "--queries"})
+@handle_errors(flags={"block_runs": "--block-size"})
 def kernel(
     store: Path = typer.Argument(..., help="Population store with logits on train and test examples."),
     runs: str = runs_option(),
@@ -92,6 +106,7 @@ def kernel(
     precision: str = typer.Option("float32", help=PRECISION_HELP),
     device: str = typer.Option("cpu", help=DEVICE_HELP),
     memory_gib: float = memory_option(4.0, MEMORY_HELP),
+    block_size: Optional[int] = typer.Option(None, "--block-size", help=BLOCK_HELP),
     npz: Optional[Path] = typer.Option(None, "--npz", help="Also write indices (Nq, k) int64 and values (Nq, k) float32 to this .npz."),
     csv: Optional[Path] = csv_option("CSV: <queries>_index,rank,train_index,kernel (one row per query and neighbour)."),
     as_json: bool = json_option(),
@@ -106,8 +121,9 @@ def kernel(
     from ..analysis.neighbours import NeighbourOptions, neighbours
 
     npz = deprecated("--out", "--npz", out, npz)
-    memory_gib = deprecated("--memory-gb", "--memory-gib", memory_gb, memory_gib)
-    options = NeighbourOptions(runs=runs, k=k, queries=queries, **_kernel_options(no_log_softmax, classes, precision, device, memory_gib))
+    memory_gib = deprecated("--memory-gb", "--memory-gib", memory_gb, memory_gib, default=4.0)
+    options = NeighbourOptions(runs=runs, k=k, queries=queries, **_kernel_options(no_log_softmax, classes, precision, device, memory_gib, block_size))
+    check_outputs({"--npz": npz, "--csv": csv})
     pop = open_population(store)
     t0 = time.perf_counter()
     nb = neighbours(pop, options)
@@ -131,7 +147,7 @@ def kernel(
 
 
 @app.command()
-@handle_errors
+@handle_errors(flags={"block_runs": "--block-size"})
 def knn(
     store: Path = typer.Argument(..., help="Population store with logits on train and test examples."),
     runs: str = runs_option(),
@@ -143,6 +159,7 @@ def knn(
     precision: str = typer.Option("float32", help=PRECISION_HELP),
     device: str = typer.Option("cpu", help=DEVICE_HELP),
     memory_gib: float = memory_option(4.0, MEMORY_HELP),
+    block_size: Optional[int] = typer.Option(None, "--block-size", help=BLOCK_HELP),
     csv: Optional[Path] = csv_option("CSV: runs,accuracy,ensemble_accuracy (one row per number of runs)."),
     as_json: bool = json_option(),
     memory_gb: Optional[float] = deprecated_option("--memory-gb", "--memory-gib"),
@@ -150,8 +167,10 @@ def knn(
     """Test accuracy of k-NN prediction over the train set with the kernel, next to the ensemble's."""
     from ..analysis.knn import KnnOptions, knn_evaluate
 
-    memory_gib = deprecated("--memory-gb", "--memory-gib", memory_gb, memory_gib)
-    options = KnnOptions(runs=runs, k=k, power=power, sizes=_ints(sizes, "--sizes"), **_kernel_options(no_log_softmax, classes, precision, device, memory_gib))
+    memory_gib = deprecated("--memory-gb", "--memory-gib", memory_gb, memory_gib, default=4.0)
+    _note_run_counts(runs)
+    options = KnnOptions(runs=runs, k=k, power=power, sizes=_ints(sizes, "--sizes"), **_kernel_options(no_log_softmax, classes, precision, device, memory_gib, block_size))
+    check_outputs({"--csv": csv})
     pop = open_population(store)
     result = knn_evaluate(pop, options)
 
@@ -170,7 +189,7 @@ def knn(
 
 
 @app.command()
-@handle_errors(flags={"random": "--random", "features": "--features-grid"})
+@handle_errors(flags={"features": "--features-grid", "block_runs": "--block-size"})
 def pairs(
     store: Path = typer.Argument(..., help="Population store with logits on train and test examples."),
     runs: str = runs_option(),
@@ -187,6 +206,7 @@ def pairs(
     precision: str = typer.Option("float32", help=PRECISION_HELP),
     device: str = typer.Option("cpu", help=DEVICE_HELP),
     memory_gib: float = memory_option(4.0, MEMORY_HELP),
+    block_size: Optional[int] = typer.Option(None, "--block-size", help=BLOCK_HELP),
     data_dir: Optional[Path] = data_dir_option(),
     as_json: bool = json_option(),
     memory_gb: Optional[float] = deprecated_option("--memory-gb", "--memory-gib"),
@@ -195,11 +215,12 @@ def pairs(
     from ..analysis.pairs import PairsOptions, pairs as compute
     from ..report.pairs import features_grid as draw_features, neighbour_grid
 
-    memory_gib = deprecated("--memory-gb", "--memory-gib", memory_gb, memory_gib)
+    memory_gib = deprecated("--memory-gb", "--memory-gib", memory_gb, memory_gib, default=4.0)
     options = PairsOptions(
         runs=runs, ranks=ranks, different_labels=different_labels, neighbours=neighbours, features=features_grid is not None, random=random, seed=seed,
-        feature_run=feature_run, **_kernel_options(no_log_softmax, None, precision, device, memory_gib),
+        feature_run=feature_run, **_kernel_options(no_log_softmax, None, precision, device, memory_gib, block_size),
     )
+    check_outputs({"--grid": grid, "--csv": csv, "--features-grid": features_grid})
     pop = open_population(store)
     result = compute(pop, options)
     files = {}

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from . import app
-from .common import csv_option, deprecated, deprecated_option, emit, flag_of, handle_errors, json_option, memory_option, open_population, print_json, runs_line, runs_option, write_csv
+from .common import check_outputs, csv_option, deprecated, deprecated_option, emit, flag_of, handle_errors, json_option, memory_option, open_population, print_json, runs_line, runs_option, write_csv
 
 
 @app.command("fit-curves")
@@ -18,6 +18,7 @@ def fit_curves_command(
     runs: str = runs_option(),
     plot: Optional[Path] = typer.Option(None, help="PNG of the curves (default: STORE/reports/fit-curves.png); the errors and epochs to fit per level go next to it, as <stem>-levels.png."),
     csv: Optional[Path] = csv_option("CSV: one row per corruption level (final accuracies, errors, epochs to fit)."),
+    block_size: int = typer.Option(256, "--block-size", help="Runs read at a time."),
     as_json: bool = json_option(),
 ):
     """Per corruption level: train/test curves, final accuracies and epochs to fit.
@@ -26,7 +27,8 @@ def fit_curves_command(
     from ..analysis.randomization import FitCurvesOptions, fit_curves
     from ..report.fit_curves import fit_table, levels_plot_path, plot_fit_curves, plot_fit_levels
 
-    options = FitCurvesOptions(runs=runs)
+    options = FitCurvesOptions(runs=runs, block_size=block_size)
+    check_outputs({"--plot": plot, "--csv": csv})
     pop = open_population(store)
     result = fit_curves(pop, options)
     figure = plot_fit_curves(result.levels, plot or store / "reports" / "fit-curves.png", f"{pop.recipe.name}: fit curves (mean +- std over runs)")
@@ -55,12 +57,13 @@ def interpolate(
     tol: float = typer.Option(1e-4, help="cg: stop at this relative residual."),
     max_iter: int = typer.Option(500, "--max-iter", help="cg: at most this many iterations."),
     preconditioner: str = typer.Option("block-jacobi", help="cg: block-jacobi (exact solves on k-means blocks) or none."),
-    block_size: int = typer.Option(4000, "--block-size", help="cg: points per preconditioner block."),
+    preconditioner_block: int = typer.Option(4000, "--preconditioner-block", help="cg: points per preconditioner block."),
     matrix: str = typer.Option("auto", help="cg: packed (keep the matrix), on-the-fly (recompute per product) or auto (packed when it fits; otherwise on-the-fly, with a warning)."),
     memory_gib: Optional[float] = memory_option(None, "Memory budget in GiB (default: what is available now)."),
     csv: Optional[Path] = csv_option("CSV: one row with the outcome (errors, residual, time, memory)."),
     as_json: bool = json_option(),
     memory_limit: Optional[float] = deprecated_option("--memory-limit", "--memory-gib (GiB; --memory-limit was decimal GB)"),
+    block_size: Optional[int] = deprecated_option("--block-size", "--preconditioner-block"),
 ):
     """Min-norm RBF kernel interpolation of the training set; test error, residual, time, memory.
 
@@ -70,14 +73,15 @@ def interpolate(
     from ..errors import word
 
     memory_gib = deprecated("--memory-limit", "--memory-gib", memory_limit, memory_gib, lambda gb: gb * 1e9 / 2**30)
+    preconditioner_block = deprecated("--block-size", "--preconditioner-block", block_size, preconditioner_block, default=4000)
     options = InterpolationOptions(
         bandwidth=bandwidth, kernel=kernel, solver=solver, subset=subset, precision=precision, tol=tol, max_iter=max_iter,
-        preconditioner=preconditioner, block_size=block_size, matrix=matrix, memory_gib=memory_gib,
+        preconditioner=preconditioner, preconditioner_block=preconditioner_block, matrix=matrix, memory_gib=memory_gib,
     )
+    check_outputs({"--csv": csv})
     result = interpolate_dataset(dataset, options, data_dir, warn=lambda line: typer.echo(word(line, lambda p: flag_of(p, {})), err=True))
     summary = result.summary()
-    if csv is not None:
-        summary["csv"] = write_csv(result.table(), csv)
+    summary["files"] = {"csv": write_csv(result.table(), csv)} if csv is not None else {}
     if as_json:
         print_json(summary)
         return

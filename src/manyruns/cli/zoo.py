@@ -10,7 +10,7 @@ import typer
 
 from ..streaming import json_safe
 from . import app, export_app, import_app
-from .common import csv_option, emit, handle_errors, json_option, number, open_population, print_json, runs_line, runs_option
+from .common import check_outputs, csv_option, emit, handle_errors, json_option, number, open_population, print_json, runs_line, runs_option
 
 
 @export_app.command("smallcnnzoo")
@@ -79,6 +79,7 @@ def zoo_predict(
     test_fraction: float = typer.Option(0.2, "--test-fraction", help="Share of networks in the test split."),
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of networks in the validation split (early stopping, model choice)."),
     gbm_backend: str = typer.Option("auto", "--gbm-backend", help="auto (LightGBM when installed, else scikit-learn), lightgbm or sklearn."),
+    block_size: int = typer.Option(256, "--block-size", help="Runs read at a time."),
     plot: Optional[Path] = typer.Option(None, help="PNG of predicted against true accuracy on the test networks (default: STORE/reports/zoo-predict/<features>-<model>/scatter.png)."),
     csv: Optional[Path] = csv_option("CSV: run,checkpoint,split,true_accuracy,predicted_accuracy (one row per sample)."),
     as_json: bool = json_option(),
@@ -90,11 +91,12 @@ def zoo_predict(
 
     options = ZooPredictOptions(
         runs=runs, features=features, model=model, checkpoints=checkpoint, target=target, seed=seed, test_fraction=test_fraction,
-        val_fraction=val_fraction, gbm_backend=gbm_backend,
+        val_fraction=val_fraction, gbm_backend=gbm_backend, block_size=block_size,
     )
     if out is not None:
         typer.echo("note: --out is deprecated and will be removed; use --plot and --csv", err=True)
         plot, csv = plot or out / "scatter.png", csv or out / "predictions.csv"
+    check_outputs({"--plot": plot, "--csv": csv})
     pop = open_population(store)
     result = predict_accuracy(pop, options)
     m = result.metrics

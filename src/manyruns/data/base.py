@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
+
 DATA_ENV = "MANYRUNS_DATA"
 
 
@@ -16,8 +18,12 @@ class DatasetNotFoundError(FileNotFoundError):
     """A dataset's files are missing: the message names them, the directory and the source."""
 
 
-class DatasetMismatchError(ValueError):
+class DatasetMismatchError(InputError):
     """The data found on disk is not the data a store was planned with."""
+
+
+class DatasetFormatError(InputError):
+    """A dataset file is not in the format its loader reads."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -120,14 +126,14 @@ def require_files(name: str, folder: Path | None, files: list[str], published: s
     """Return ``folder`` if every file in ``files`` exists in it, else raise a helpful error."""
     if folder is None:
         raise DatasetNotFoundError(
-            f"dataset {name!r} needs a data directory: pass --data-dir DIR or set {DATA_ENV}=DIR, "
+            f"dataset {name!r} needs a data directory: give one (--data-dir DIR, data_dir= in Python) or set {DATA_ENV}=DIR, "
             f"with the files {', '.join(files)} in DIR/{folder_name}/. Published at {published}"
         )
     missing = [f for f in files if not (folder / f).is_file()]
     if missing:
         raise DatasetNotFoundError(
             f"dataset {name!r}: missing {', '.join(missing)} in {folder} "
-            f"(expected {', '.join(files)}; the data root comes from --data-dir or {DATA_ENV}). "
+            f"(expected {', '.join(files)}; the data root comes from --data-dir (data_dir= in Python) or {DATA_ENV}). "
             f"Published at {published}"
         )
     return folder

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Dataset, require_files, resolve_data_root, to_grayscale
+from ..errors import InputError
+from .base import Dataset, DatasetFormatError, require_files, resolve_data_root, to_grayscale
 
 IDX_FILES = [
     "train-images-idx3-ubyte.gz",
@@ -53,13 +54,13 @@ def read_idx(path: Path) -> np.ndarray:
     with opener(path, "rb") as f:
         raw = f.read()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte idx file (bad magic number {raw[:4].hex()})")
+        raise DatasetFormatError(f"{path}: not an unsigned-byte idx file (bad magic number {raw[:4].hex()})")
     ndim = raw[3]
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     offset = 4 + 4 * ndim
     expected = int(np.prod(dims))
     if len(raw) - offset != expected:
-        raise ValueError(f"{path}: header says {dims} ({expected} bytes) but the file holds {len(raw) - offset}")
+        raise DatasetFormatError(f"{path}: header says {dims} ({expected} bytes) but the file holds {len(raw) - offset}")
     return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
 
 
@@ -94,7 +95,7 @@ def _unpickle(path: Path) -> dict:
 def _rows_to_images(data: np.ndarray, path: Path) -> np.ndarray:
     data = np.asarray(data, dtype=np.uint8)
     if data.ndim != 2 or data.shape[1] != 3072:
-        raise ValueError(f"{path}: expected rows of 3072 bytes (3x32x32, channel-major), got {data.shape}")
+        raise DatasetFormatError(f"{path}: expected rows of 3072 bytes (3x32x32, channel-major), got {data.shape}")
     return data.reshape(-1, 3, 32, 32)
 
 
@@ -140,11 +141,11 @@ def _read_svhn(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
     mat = loadmat(path)
     if "X" not in mat or "y" not in mat:
-        raise ValueError(f"{path}: expected variables 'X' (32, 32, 3, N) and 'y' (N, 1)")
+        raise DatasetFormatError(f"{path}: expected variables 'X' (32, 32, 3, N) and 'y' (N, 1)")
     x = np.asarray(mat["X"], dtype=np.uint8)
     y = np.asarray(mat["y"], dtype=np.int64).reshape(-1)
     if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.shape[3] != y.shape[0]:
-        raise ValueError(f"{path}: X has shape {x.shape} and y {mat['y'].shape}; expected (32, 32, 3, N) and (N, 1)")
+        raise DatasetFormatError(f"{path}: X has shape {x.shape} and y {mat['y'].shape}; expected (32, 32, 3, N) and (N, 1)")
     y = np.where(y == 10, 0, y)  # the .mat files label the digit 0 as 10
     return np.ascontiguousarray(x.transpose(3, 2, 0, 1)), y
 
@@ -177,5 +178,5 @@ def load_dataset(name: str, data_dir=None) -> Dataset:
     try:
         loader = LOADERS[name]
     except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(LOADERS)}") from None
+        raise InputError(f"unknown dataset {name!r}; known: {', '.join(LOADERS)}") from None
     return loader(data_dir)

@@ -33,6 +33,7 @@ import numpy as np
 from .. import store as store_mod
 from ..analysis.heldout import HeldoutSource
 from ..data import Dataset, check_fingerprint, load_dataset, resolve_data_root
+from ..errors import InputError
 from ..population import Population
 from ..store import SUMMARY_COLUMNS, StoreError
 
@@ -49,7 +50,7 @@ KEYS = (
 )
 
 
-class HeldoutFormatError(ValueError):
+class HeldoutFormatError(InputError):
     """A release directory or file that does not have the published layout."""
 
 

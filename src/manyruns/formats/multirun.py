@@ -29,6 +29,7 @@ import torch
 
 from .. import store as store_mod
 from ..data import Dataset, check_fingerprint, load_dataset, resolve_data_root
+from ..errors import InputError
 from ..population import Population
 from ..store import SUMMARY_COLUMNS, Store, StoreError
 
@@ -38,7 +39,7 @@ STORED_DTYPE = torch.float16
 CHECK_ELEMENTS = 1 << 24
 
 
-class MultirunFormatError(ValueError):
+class MultirunFormatError(InputError):
     """A file that is not a valid multirun-logits log for the dataset."""
 
 
@@ -183,7 +184,7 @@ def import_multirun_logits(
     written. Returns a summary: store, dataset, files, runs_added, runs, mean_test_acc.
     """
     if not files:
-        raise ValueError("give at least one log file")
+        raise InputError("give at least one log file")
     root = resolve_data_root(data_dir)
     data: Dataset = load_dataset(dataset, root)
     path = Path(store_path)

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ...errors import check_choice, check_number
+from ...errors import NotApplicableError, check_choice, check_number
 from ...population import Population
 from ...streaming import HalfSums, Moments, json_float
 from ..contract import Options, Result, options_of
-from .learning_speed import LearningSpeed, learning_speed_proxy
+from .learning_speed import LearningSpeed, _no_true_prob, learning_speed_proxy
 from .source import HeldoutSource, NoHeldoutRunsError
 from .stability import Stability, spearman
 from .sums import LabelConsensus
@@ -62,9 +62,9 @@ class CScoreResult(Result):
     ``cscore (N,)`` and ``se (N,)``; ``label``/``dataset_label (N,)``; ``speed``: the
     learning-speed proxy with its counts and standard errors (:class:`LearningSpeed`, None
     without per-epoch probabilities), ``learning_speed (N,)`` its values, and its Spearman
-    correlation with the C-score. ``runs``: the runs the C-scores used, ``runs_per_ratio`` of
-    them at each ratio; selected runs trained on the full set hold nothing out
-    (``excluded_full_runs``) and enter only the learning-speed proxy.
+    correlation with the C-score. ``runs``: the selected runs, all read; ``ratio_runs``: those
+    the C-scores used (``runs_per_ratio`` of them at each ratio); selected runs trained on the
+    full set hold nothing out (``excluded_full_runs``) and enter only the learning-speed proxy.
     """
 
     name = "cscore"
@@ -77,6 +77,7 @@ class CScoreResult(Result):
     dataset_label: np.ndarray
     stability: Stability
     runs_per_ratio: dict
+    ratio_runs: np.ndarray
     speed: LearningSpeed | None = None
     learning_speed_spearman: float | None = None
     excluded_full_runs: int = 0
@@ -126,6 +127,7 @@ class CScoreResult(Result):
         return {
             "value": self.value,
             "runs_at_full_set_left_out": self.excluded_full_runs,
+            "ratio_run_count": int(self.ratio_runs.size),
             "ratios": [float(r) for r in self.ratios],
             "runs_per_ratio": self.runs_per_ratio,
             "examples": int(c.size),
@@ -141,7 +143,7 @@ class CScoreResult(Result):
         }
 
     def arrays(self) -> dict[str, np.ndarray]:
-        out = {key: getattr(self, key) for key in ("ratios", "per_ratio", "n_out", "cscore", "se", "label")}
+        out = {key: getattr(self, key) for key in ("ratios", "per_ratio", "n_out", "cscore", "se", "label", "ratio_runs")}
         if self.speed is not None:
             out["learning_speed"] = self.speed.mean
             out.update({f"learning_speed_{key}": getattr(self.speed, key) for key in ("se", "count", "runs")})
@@ -187,6 +189,9 @@ def cscore(pop: Population, options: CScoreOptions | None = None, **fields) -> C
     options = options_of(CScoreOptions, options, fields)
     source = HeldoutSource(pop, options.value, options.runs)
     source.check_held_out()
+    want_speed = options.learning_speed if options.learning_speed is not None else "trueprob/train" in pop.arrays
+    if want_speed and "trueprob/train" not in pop.arrays:
+        raise NotApplicableError(_no_true_prob(pop))  # before the pass over the runs
     ratio_of_run = source.subset_ratios()
     partial = ratio_of_run < 1.0
     chosen = source.runs[partial]
@@ -207,13 +212,13 @@ def cscore(pop: Population, options: CScoreOptions | None = None, **fields) -> C
     rho, count = spearman(sums.first.estimate()[1], sums.second.estimate()[1])
 
     speed = speed_rho = None
-    want_speed = options.learning_speed if options.learning_speed is not None else "trueprob/train" in pop.arrays
     if want_speed:
         speed = learning_speed_proxy(pop, source.runs, block_size=max(1, options.block_size // 4))
         speed_rho, _ = spearman(speed.mean, score)
 
     return CScoreResult(
-        runs=chosen,
+        runs=source.runs,
+        ratio_runs=chosen,
         options=options,
         ratios=ratios,
         per_ratio=per_ratio,

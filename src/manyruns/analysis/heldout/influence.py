@@ -214,22 +214,28 @@ def influence(pop: Population, options: InfluenceOptions | None = None, **fields
     number of runs."""
     options = options_of(InfluenceOptions, options, fields)
     source = HeldoutSource(pop, options.value, options.runs)
-    writer, path = None, None
-    if options.dense is not None:
-        if options.dense == "store":  # kept in a temporary file until the result is saved
-            handle, path = tempfile.mkstemp(prefix="manyruns-influence-", suffix=".npy")
-            os.close(handle)
-        else:
-            path = options.dense
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if options.dense is None:
+        return influence_from_source(source, options)
+    source.check_held_out()  # before any file is made
+    source.require("train")
+    source.require("test")
+    if options.dense == "store":  # kept in a temporary file ($TMPDIR) until the result is saved
+        handle, path = tempfile.mkstemp(prefix="manyruns-influence-", suffix=".npy")
+        os.close(handle)
+    else:
+        path = options.dense
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    try:
         writer = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(source.n_test, source.n_train))
-    result = influence_from_source(source, options, writer)
-    if writer is not None:
+        result = influence_from_source(source, options, writer)
         writer.flush()
         del writer
-        result.dense_path = path
-        if options.dense == "store":
-            weakref.finalize(result, _remove, path)
+    except BaseException:
+        _remove(path)
+        raise
+    result.dense_path = path
+    if options.dense == "store":
+        weakref.finalize(result, _remove, path)
     return result
 
 
@@ -319,8 +325,9 @@ def influence_from_source(source, options: InfluenceOptions | None = None, dense
                     totals=(test_sum_a, test_sum - test_sum_a), topk_rows=compared,
                 )
             finisher = Finisher(
-                topk, pairs, y_test, test_sum, R, varying, mem.estimate, mem.label, options.infl_threshold, options.mem_threshold,
-                options.same_label, dense_out, half_pairs,
+                topk=topk, pairs=pairs, y_test=y_test, test_sum=test_sum, runs=R, varying=varying, memorization=mem.estimate,
+                labels=mem.label, infl_threshold=options.infl_threshold, mem_threshold=options.mem_threshold,
+                same_label=options.same_label, dense_out=dense_out, half_pairs=half_pairs,
             )
         # the membership counts of these columns, complete since the first pass
         n_in = halves.total.n_in[c0:c1]
@@ -351,7 +358,7 @@ def influence_from_source(source, options: InfluenceOptions | None = None, dense
 
     details["pairs_found"] = pairs.found
     details["pairs_truncated"] = pairs.found > len(pairs)
-    table = pairs_table(pairs.finish(), mem, y_test, test_sum, test_sq, R, binary, options.same_label)
+    table = pairs_table(pairs.finish(), mem, y_test, test_sum=test_sum, test_sq=test_sq, R=R, binary=binary, same_label=options.same_label)
     stability = agreement = pair_stability = None
     if split_half:
         rho, count = spearman(*subsample_finite(est_a, est_b, 200_000, rng))

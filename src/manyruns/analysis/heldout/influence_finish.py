@@ -136,7 +136,7 @@ class PairCollector:
 
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Finisher:
     """Turns each column block's sums into influence, a few rows at a time (so that the
     temporaries stay in cache): merges the top-k, collects the pairs, writes the dense matrix,

@@ -17,6 +17,7 @@ import numpy as np
 from ...errors import NotApplicableError, check_choice
 from ...population import Population
 from ...selection import RunSelection
+from ...streaming import run_blocks
 from .values import VALUES, values_from_logits
 
 
@@ -111,10 +112,8 @@ class HeldoutSource:
             self.require("train")
         if test:
             self.require("test")
-        idx = self.runs if runs is None else np.asarray(runs, dtype=np.int64)
         pop = self.pop
-        for start in range(0, idx.size, block_size):
-            block = idx[start : start + block_size]
+        for block in run_blocks(self.runs if runs is None else runs, block_size):
             out = HeldoutBlock(block, pop.read("mask/train", block).astype(bool, copy=False))
             if train:
                 labels = pop.read("labels/train", block)
@@ -130,9 +129,8 @@ class HeldoutSource:
             return self.pop.read(name, block).astype(bool, copy=False)
         # logits are the large arrays: read a few runs at a time
         parts = []
-        for sub in range(0, block.size, 32):
-            runs = block[sub : sub + 32]
+        for sub, runs in enumerate(run_blocks(block, 32)):
             logits = self.pop.read(name, runs)
-            own = labels[sub : sub + 32] if labels.ndim == 2 else labels
+            own = labels[32 * sub : 32 * sub + runs.size] if labels.ndim == 2 else labels
             parts.append(values_from_logits(logits, own, self.value))
         return np.concatenate(parts) if len(parts) > 1 else parts[0]

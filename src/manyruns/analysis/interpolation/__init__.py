@@ -114,7 +114,7 @@ class InterpolationOptions(CheckedOptions):
     [0, 1]; ``solver``: exact or cg; ``subset``: the first N training examples (all test
     examples); ``precision``: exact's float64, or float32 (half the memory; fails on
     ill-conditioned matrices); ``tol``, ``max_iter``, ``preconditioner`` (block-jacobi or none),
-    ``block_size`` (points per preconditioner block) and ``matrix`` (packed, on-the-fly or
+    ``preconditioner_block`` (points per preconditioner block) and ``matrix`` (packed, on-the-fly or
     auto): cg's; ``memory_gib``: the budget (default: what is available now)."""
 
     bandwidth: float = 0.02
@@ -125,7 +125,7 @@ class InterpolationOptions(CheckedOptions):
     tol: float = 1e-4
     max_iter: int = 500
     preconditioner: str = "block-jacobi"
-    block_size: int = 4000
+    preconditioner_block: int = 4000
     matrix: str = "auto"
     memory_gib: float | None = None
 
@@ -140,7 +140,7 @@ class InterpolationOptions(CheckedOptions):
         check_choice("preconditioner", self.preconditioner, PRECONDITIONERS)
         check_number("tol", self.tol, 0, low_open=True)
         check_number("max_iter", self.max_iter, 1, integer=True)
-        check_number("block_size", self.block_size, 1, integer=True)
+        check_number("preconditioner_block", self.preconditioner_block, 1, integer=True)
         if self.memory_gib is not None:
             check_number("memory_gib", self.memory_gib, 0, low_open=True)
         if self.subset is not None:
@@ -196,7 +196,7 @@ def _refusal_hint(plan: MemoryPlan, solver: str, precision: str) -> str:
     if plan.matrix_mode == "packed":
         options.append("{param:matrix} on-the-fly (every product then recomputes the kernel)")
     if plan.preconditioner:
-        options += ["a smaller {param:block_size}", "{param:preconditioner} none"]
+        options += ["a smaller {param:preconditioner_block}", "{param:preconditioner} none"]
     return "use " + (", ".join(options[:-1]) + " or " + options[-1] if len(options) > 1 else options[0])
 
 
@@ -206,11 +206,11 @@ def check_request(n_train: int, n_test: int, dim: int, classes: int, options: In
     if n_train < 1:
         raise OptionError("subset", "leaves no training example")
     o = options
-    plan = memory_plan(n_train, n_test, dim, classes, o.solver, o.precision, o.matrix, o.block_size, o.memory_limit, o.preconditioner)
+    plan = memory_plan(n_train, n_test, dim, classes, o.solver, o.precision, o.matrix, o.preconditioner_block, o.memory_limit, o.preconditioner)
     if plan.total > plan.available:
         raise OptionError(
             "memory_gib",
-            f"the {o.solver} solve on {n_train:,} training examples needs about {format_bytes(plan.total)} "
+            f"{{param}}: the {o.solver} solve on {n_train:,} training examples needs about {format_bytes(plan.total)} "
             f"({describe_plan(plan, o.precision)}) but {format_bytes(plan.available)} is available; {_refusal_hint(plan, o.solver, o.precision)}",
         )
     return plan
@@ -254,7 +254,7 @@ def interpolate(
     if o.solver == "exact":
         alpha, info = solve_exact(x_train, targets, o.bandwidth, o.precision)
     else:
-        alpha, info = solve_cg(x_train, targets, o.bandwidth, o.tol, o.max_iter, o.preconditioner, o.block_size, plan.matrix_mode)
+        alpha, info = solve_cg(x_train, targets, o.bandwidth, o.tol, o.max_iter, o.preconditioner, o.preconditioner_block, plan.matrix_mode)
     t0 = time.perf_counter()
     train_scores = kernel_matmul(x_train, None, alpha, o.bandwidth)
     info.timings["residual"] = time.perf_counter() - t0

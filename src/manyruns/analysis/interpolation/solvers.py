@@ -161,7 +161,7 @@ def solve_exact(x: np.ndarray, targets: np.ndarray, bandwidth: float, precision:
     try:
         factor.factor()
     except NotPositiveDefiniteError as exc:
-        hint = "; try --precision float64" if precision == "float32" else "; a larger bandwidth makes it better conditioned"
+        hint = "; try precision float64 (--precision float64)" if precision == "float32" else "; a larger bandwidth makes it better conditioned"
         raise NotPositiveDefiniteError(str(exc) + hint) from None
     info.timings["factor"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -207,7 +207,7 @@ class BlockJacobi:
             if status != 0:
                 raise NotPositiveDefiniteError(
                     f"a preconditioner block of {idx.size} points is singular in float64; "
-                    "use a smaller --block-size or --preconditioner none"
+                    "use smaller preconditioner blocks (preconditioner_block, --preconditioner-block) or no preconditioner"
                 )
             lower = np.tril(inverse)
             self.inverses.append(lower + np.tril(lower, -1).T)

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ...errors import InputError
+
 WEIGHTS_FILE = "weights.npy"
 METRICS_FILE = "metrics.csv.gz"
 LAYOUT_FILE = "layout.csv"
@@ -54,7 +56,7 @@ def _key(name: Any) -> str:
     return str(name).strip().lower().replace("_", "").replace("-", "")
 
 
-class ZooFormatError(ValueError):
+class ZooFormatError(InputError):
     """A zoo directory that cannot be read (the message names the file and row), or a
     population that cannot be written in the zoo's layout."""
 
