@@ -50,3 +50,6 @@ def write_recipe(tmp_path):
         return path
 
     return write
+
+
+from .s3server import s3  # noqa: E402,F401 - the S3 server fixture, shared by the store, cluster and damage tests

@@ -302,7 +302,7 @@ def _pid_exists(pid: int) -> bool:
 def test_unknown_train_options_are_refused_before_any_work(tmp_path, write_recipe):
     store = tmp_path / "s"
     manyruns.plan(write_recipe(tiny_recipe(runs=2)), store)
-    for option, value in (("--strategy", "foo"), ("--executor", "ray")):
+    for option, value in (("--strategy", "foo"), ("--executor", "spark")):
         result = cli("train", str(store), option, value)
         assert result.returncode == 2 and value in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert "train:" not in result.stderr  # no progress bar was drawn

@@ -16,6 +16,7 @@ from .execute.schedule import TrainReport
 from .plan import group_key, plan_runs, plans_from_columns, plans_to_columns, run_recipe
 from .population import Population
 from .recipe import Recipe, RecipeError
+from .storage import open_location
 from .store import Store, StoreError
 
 # torch is imported inside plan() and train() only, so that `status` and analyses of stored
@@ -79,8 +80,8 @@ def plan(recipe: Recipe | str | os.PathLike, path: str | os.PathLike, data_dir: 
     larger ``population.runs`` grows the store; any other difference is refused.
     """
     recipe, text = _as_recipe(recipe)
-    path = Path(path)
-    if (path / "zarr.json").is_file():
+    path = open_location(path)  # a local folder or an object-store URL
+    if path.exists("zarr.json"):
         existing = Store.open(path)
         old, new = dict(existing.meta["recipe"]), recipe.to_dict()
         old_runs, new_runs = old["population"]["runs"], new["population"]["runs"]
@@ -98,6 +99,8 @@ def plan(recipe: Recipe | str | os.PathLike, path: str | os.PathLike, data_dir: 
                 raise StoreError(f"{path}: the stored plan of the first {old_runs} runs does not match this recipe's")
             store_mod.grow(existing, recipe, text, columns)
         return Population(Store.open(path))
+    if not path.is_empty():  # before the data is loaded
+        raise StoreError(f"{path} exists and is not empty")
     root = resolve_data_root(data_dir)
     dataset = load_dataset(recipe.data.dataset, root)
     plans = plan_runs(recipe)
@@ -146,26 +149,35 @@ def train(
     group_size: int | None = None,
     progress: bool = True,
     log_epochs: bool = False,
+    address: str | None = None,
+    gpus_per_worker: float | None = None,
 ) -> TrainReport:
     """Train every run of the store at ``path`` that is not committed yet (resumable).
 
     ``workers``: parallel worker processes (default: one per core on CPU, one per GPU on CUDA).
     ``max_runs``: train at most this many runs in this call. Runs claimed by another live
     ``train`` process are left to it. A failing group is recorded and the others go on.
+    ``executor="ray"``: actors on the Ray cluster at ``address`` (``auto`` or ``HOST:PORT``;
+    default a Ray instance started for this call), one CPU each, or ``gpus_per_worker`` GPUs
+    each (then they train on cuda); default workers: the cluster's CPUs (or GPUs divided by
+    ``gpus_per_worker``).
     """
     from tqdm import tqdm
 
-    from .execute import available_cores, make_executor
+    from .execute import available_cores, check_cluster_options, make_executor
     from .execute.schedule import default_group_size, make_groups, run_groups
     from .training.worker import WorkOrder
 
     t0 = time.perf_counter()
     store = Store.open(path)
     recipe = store.recipe
-    device = resolve_device(device)
-    if workers is None:
+    device, gpus_per_worker = check_cluster_options(executor, device, address, gpus_per_worker)
+    if executor != "ray":  # with ray the cluster's GPUs count, not this machine's
+        device = resolve_device(device)
+    if workers is None and executor != "ray":  # ray: as many as the cluster has slots
         workers = 1 if executor == "serial" else (_cuda_count() or 1) if device.startswith("cuda") else available_cores()
-    check_number("workers", workers, 1, integer=True)
+    if workers is not None:
+        check_number("workers", workers, 1, integer=True)
     if max_runs is not None:
         check_number("max_runs", max_runs, 0, integer=True)
     if group_size is not None:
@@ -191,6 +203,10 @@ def train(
     import torch
 
     form = resolve_strategy(recipe, torch.device("cuda" if device.startswith("cuda") else "cpu"), strategy)
+    pool = None
+    if executor == "ray":  # joins the cluster and places its workers before any run is claimed
+        pool = make_executor("ray", workers, device, address=address, gpus_per_worker=gpus_per_worker, log_to_driver=log_epochs, store=str(store.path), data_dir=data_dir)
+        workers = pool.slots
     size = group_size or min(default_group_size(form, device), max(1, math.ceil(len(todo) / workers)))
     groups = make_groups({r: group_key(recipe, plans[r]) for r in todo}, todo, size)
     bar = tqdm(total=len(todo), unit="run", desc="train", disable=not progress, smoothing=0.1)
@@ -198,12 +214,14 @@ def train(
         run_groups(
             store,
             groups,
-            lambda: make_executor(executor, workers, device),
+            (lambda: pool) if pool is not None else (lambda: make_executor(executor, workers, device)),
             lambda runs: WorkOrder(str(store.path), runs, device, data_dir, strategy, log_epochs),
             report,
             bar.update,
         )
     finally:
+        if pool is not None:
+            pool.close(cancel=True)  # stops a cluster's workers after an error (run_groups closed it otherwise)
         bar.close()
         report.remaining = int((~store.committed()).sum())
         report.seconds = time.perf_counter() - t0

@@ -7,6 +7,8 @@
   line ``--memory-gib must be positive``.
 * :class:`StoreError`: a store cannot be created, opened or changed as asked (exit 2);
   :class:`NotApplicableError` is both: the store lacks what was asked of it.
+* :class:`ClusterError` (an input error, exit 2): a cluster that cannot run the work as asked
+  (no node offers a GPU that was asked for). Nothing was written.
 * :class:`ComputationError`: the input was fine but the work failed (a matrix that is not
   numerically positive definite, workers that keep dying). Exit 1.
 
@@ -76,8 +78,21 @@ class NotApplicableError(InputError, StoreError):
     """The store lacks what the analysis needs (no logits, no run held anything out, ...)."""
 
 
+class ClusterError(InputError):
+    """The cluster cannot run the work as asked: no node offers what a worker asks for (a GPU on
+    a CPU-only cluster), or workers that cannot start there. Nothing was written."""
+
+
 class ComputationError(ManyrunsError, RuntimeError):
     """The input was valid but the computation failed."""
+
+
+class DamagedChunkError(ComputationError):
+    """A stored chunk cannot be read back (truncated, altered): ``run`` and ``array`` say which."""
+
+    def __init__(self, message: str, run: int, array: str):
+        super().__init__(message)
+        self.run, self.array = run, array
 
 
 # -------------------------------------------------------------------- checks of one value
@@ -110,7 +125,9 @@ def check_number(param: str, value, low: float | None = None, high: float | None
 
 
 __all__ = [
+    "ClusterError",
     "ComputationError",
+    "DamagedChunkError",
     "InputError",
     "ManyrunsError",
     "NotApplicableError",

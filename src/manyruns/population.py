@@ -28,8 +28,15 @@ class Population:
         self.store = store
 
     @property
-    def path(self) -> Path:
+    def path(self) -> Path | str:
+        """The store's local folder, or its URL."""
         return self.store.path
+
+    @property
+    def report_dir(self) -> Path:
+        """Where commands put figures by default: ``STORE/reports`` for a local store,
+        ``./reports/<name>`` for a store at a URL."""
+        return self.store.location.report_dir()
 
     @property
     def recipe(self) -> Recipe:
@@ -113,11 +120,7 @@ class Population:
     def read(self, name: str, runs: np.ndarray) -> np.ndarray:
         """Rows ``runs`` of array ``name``, ``(len(runs), ...)``: run indices as
         :meth:`select` gives them (they are not checked again)."""
-        arr = self.array(name)
-        runs = np.asarray(runs, dtype=np.int64)
-        if runs.size and np.all(np.diff(runs) == 1):
-            return np.asarray(arr[int(runs[0]) : int(runs[-1]) + 1])
-        return np.asarray(arr.oindex[runs])
+        return self.store.read_rows(name, runs)
 
     def load(self, name: str, runs: RunSelection = "ok") -> np.ndarray:
         """Array ``name`` for ``runs`` as one numpy array (for small populations or few runs)."""
@@ -150,5 +153,6 @@ class Population:
 
 
 def open(path: str | os.PathLike) -> Population:  # noqa: A001 - mirrors builtins.open on purpose
-    """Open the population store at ``path``."""
+    """Open the population store at ``path``: a local folder or an object-store URL
+    (``s3://bucket/prefix``, ``gs://...``, ``az://...``; credentials from the environment)."""
     return Population(Store.open(path))

@@ -32,6 +32,7 @@ import json
 import os
 import socket
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,9 @@ from typing import Any
 import numpy as np
 import zarr
 
-from .errors import StoreError, StoreNotFoundError
+from .errors import DamagedChunkError, StoreError, StoreNotFoundError
 from .recipe import Recipe
+from .storage import Location, open_location
 from .version import __version__
 
 FORMAT_VERSION = 1
@@ -98,6 +100,20 @@ def array_specs(
     return specs
 
 
+def chunk_compressors() -> tuple:
+    """The codecs after the bytes of every chunk of a new store: zstd (level 0, as zarr's
+    default) and a CRC32C checksum, so that a truncated or altered chunk is detected when read
+    (stores made before checksums were added are read as they are)."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    return (ZstdCodec(level=0, checksum=False), Crc32cCodec())
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:160]
+
+
 def recipe_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     """Dotted paths (with both values) where two recipe dicts differ."""
     out = []
@@ -111,32 +127,44 @@ def recipe_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
-class Store:
-    """A population store on a local path. Use :func:`create` or :meth:`open`."""
+CLAIM_TTL = 5 * 60
+"""Seconds after which a claim from another host that was not refreshed is stale (its holder is
+gone); a training driver refreshes its claims every :data:`CLAIM_REFRESH` seconds."""
+CLAIM_REFRESH = 60.0
+_OWNER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
-    def __init__(self, path: Path, group: zarr.Group):
-        self.path = path
+
+class Store:
+    """A population store in a local folder or an object store. Use :func:`create` or :meth:`open`."""
+
+    def __init__(self, location: Location, group: zarr.Group):
+        self.location = location
         self.group = group
         self._arrays: dict[str, zarr.Array] = {}
         self._prefix = f"{group.path}/" if group.path else ""
 
+    @property
+    def path(self) -> Path | str:
+        """The local folder (a ``Path``), or the URL of an object-store location."""
+        return self.location.path
+
     # -- opening ---------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | os.PathLike, mode: str = "r+") -> "Store":
-        path = Path(path)
-        if not (path / "zarr.json").is_file():
-            hint = " (it does not exist)" if not path.exists() else " (it holds no manyruns store)"
-            raise StoreNotFoundError(f"no population store at {path}{hint}; create one with `manyruns plan RECIPE {path}`")
-        group = zarr.open_group(str(path), mode=mode, zarr_format=3)
+    def open(cls, path: str | os.PathLike | Location, mode: str = "r+") -> "Store":
+        location = open_location(path)
+        if not location.exists("zarr.json"):
+            empty = location.is_empty()
+            hint = " (nothing is there)" if empty else " (it holds no manyruns store)"
+            raise StoreNotFoundError(f"no population store at {location}{hint}; create one with `manyruns plan RECIPE {location}`")
+        group = zarr.open_group(location.zarr_store(read_only=mode == "r"), mode=mode, zarr_format=3)
         if "manyruns" not in group.attrs:
-            raise StoreNotFoundError(f"{path} is a zarr group but not a manyruns store")
-        store = cls(path, group)
+            raise StoreNotFoundError(f"{location} is a zarr group but not a manyruns store")
+        store = cls(location, group)
         fmt = store.meta.get("format")
         if fmt != FORMAT_VERSION:
-            raise StoreError(f"{path}: store format {fmt} is not supported by this manyruns (format {FORMAT_VERSION})")
+            raise StoreError(f"{location}: store format {fmt} is not supported by this manyruns (format {FORMAT_VERSION})")
         return store
-
     @property
     def meta(self) -> dict:
         return self.group.attrs["manyruns"]
@@ -194,6 +222,27 @@ class Store:
         marks[found] = True
         return marks
 
+    def read_rows(self, name: str, runs: np.ndarray) -> np.ndarray:
+        """Rows ``runs`` of array ``name``, ``(len(runs), ...)``. A chunk that cannot be decoded
+        (its checksum fails, it is truncated) raises :class:`DamagedChunkError` naming the run."""
+        arr = self.array(name)
+        runs = np.asarray(runs, dtype=np.int64)
+        try:
+            if runs.size and np.all(np.diff(runs) == 1):
+                return np.asarray(arr[int(runs[0]) : int(runs[-1]) + 1])
+            return np.asarray(arr.oindex[runs])
+        except (ValueError, RuntimeError) as exc:
+            for r in runs:  # which run's chunk is it?
+                try:
+                    arr[int(r)]
+                except (ValueError, RuntimeError) as inner:
+                    raise DamagedChunkError(
+                        f"{self.path}: run {int(r)}, array {name}: the stored chunk cannot be read ({_first_line(inner)}); "
+                        f"`manyruns verify {self.path} --repair` uncommits the damaged runs so that `manyruns train` redoes them",
+                        int(r), name,
+                    ) from None
+            raise exc
+
     def _committed_rows(self, name: str, fill, committed: np.ndarray | None = None) -> np.ndarray:
         """Array ``name`` with the rows of committed runs read and ``fill`` elsewhere."""
         committed = self.committed() if committed is None else committed
@@ -201,7 +250,7 @@ class Store:
         out = np.full((self.num_runs, *arr.shape[1:]), fill, dtype=arr.dtype)
         idx = np.flatnonzero(committed)
         if idx.size:
-            out[idx] = arr.oindex[idx]
+            out[idx] = self.read_rows(name, idx)
         return out
 
     def status_codes(self, committed: np.ndarray | None = None) -> np.ndarray:
@@ -289,90 +338,92 @@ class Store:
             marker[int(r)] = False
 
     # -- claims: which process is training which run ------------------------------------------------
-
-    def _claim_path(self, r: int) -> Path:
-        return self.path / "claims" / f"{r:08d}"
-
-    def try_claim(self, r: int, stale_after: float = 7 * 24 * 3600) -> bool:
-        """Atomically claim run ``r`` for this process; False if a live process holds it."""
-        path = self._claim_path(r)
-        path.parent.mkdir(exist_ok=True)
-        body = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}).encode()
-        for _ in range(2):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if not self._claim_is_stale(path, stale_after):
-                    return False
-                path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "wb") as f:
-                f.write(body)
-            return True
-        return False
+    #
+    # A claim is a small object claims/<r> created only if absent (who wins a race is known).
+    # It is stale when its holder is gone: a dead process on this host, or, from another host,
+    # no refresh for CLAIM_TTL seconds; a stale claim is taken over by compare-and-swap, so two
+    # takers cannot both win.
 
     @staticmethod
-    def _claim_is_stale(path: Path, stale_after: float) -> bool:
+    def _claim_key(r: int) -> str:
+        return f"claims/{r:08d}"
+
+    @staticmethod
+    def _claim_body() -> bytes:
+        return json.dumps({"owner": _OWNER, "host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}).encode()
+
+    def try_claim(self, r: int) -> bool:
+        """Claim run ``r`` for this process; False if a live holder has it."""
+        key = self._claim_key(r)
+        if self.location.create(key, self._claim_body()):
+            return True
+        found = self.location.read(key)
+        if found is None:  # released in between
+            return self.location.create(key, self._claim_body())
+        data, token = found
+        if not self._claim_is_stale(key, data):
+            return False
+        return self.location.replace(key, self._claim_body(), token)
+
+    def _claim_is_stale(self, key: str, data: bytes) -> bool:
         try:
-            info = json.loads(path.read_text() or "{}")
-        except (OSError, json.JSONDecodeError):
-            # a claim being written right now, or a torn one: stale only once old enough
-            try:
-                return time.time() - path.stat().st_mtime > 60
-            except OSError:
-                return True
+            info = json.loads(data or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            info = {}
+        if not info:  # being written right now, or torn: stale only once old enough
+            age = self.location.age(key)
+            return age is None or age > 60
         if info.get("host") == socket.gethostname():
             return not _pid_alive(int(info.get("pid", -1)))
-        return time.time() - float(info.get("time", 0)) > stale_after
+        age = self.location.age(key)
+        return age is None or age > CLAIM_TTL
+
+    def refresh_claims(self, runs) -> None:
+        """Rewrite this process's claims on ``runs`` (a heartbeat for other hosts)."""
+        for r in runs:
+            key = self._claim_key(int(r))
+            found = self.location.read(key)
+            if found is not None and _owner(found[0]) == _OWNER:
+                self.location.replace(key, self._claim_body(), found[1])
 
     def release(self, r: int) -> None:
-        path = self._claim_path(r)
-        try:
-            info = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return
-        if info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
-            path.unlink(missing_ok=True)
+        key = self._claim_key(r)
+        found = self.location.read(key)
+        if found is not None and _owner(found[0]) == _OWNER:
+            self.location.delete(key)
 
     def claimed_by_others(self) -> set[int]:
-        folder = self.path / "claims"
-        if not folder.is_dir():
-            return set()
         out = set()
-        for path in folder.iterdir():
-            if path.name.isdigit() and not self._claim_is_stale(path, 7 * 24 * 3600):
-                try:
-                    info = json.loads(path.read_text())
-                except (OSError, json.JSONDecodeError):
-                    continue
-                if not (info.get("pid") == os.getpid() and info.get("host") == socket.gethostname()):
-                    out.add(int(path.name))
+        for name in self.location.list("claims"):
+            if not name.isdigit():
+                continue
+            key = f"claims/{name}"
+            found = self.location.read(key)
+            if found is not None and _owner(found[0]) != _OWNER and not self._claim_is_stale(key, found[0]):
+                out.add(int(name))
         return out
 
     # -- failures ---------------------------------------------------------------------------
 
     def record_failure(self, r: int, message: str) -> None:
-        folder = self.path / "failures"
-        folder.mkdir(exist_ok=True)
-        tmp = folder / f"{r:08d}.json.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps({"run": r, "error": message, "time": time.time()}))
-        tmp.replace(folder / f"{r:08d}.json")
+        self.location.write(f"failures/{r:08d}.json", json.dumps({"run": r, "error": message, "time": time.time()}).encode())
 
     def clear_failure(self, r: int) -> None:
-        (self.path / "failures" / f"{r:08d}.json").unlink(missing_ok=True)
+        self.location.delete(f"failures/{r:08d}.json")
 
     def failures(self) -> dict[int, str]:
-        folder = self.path / "failures"
-        if not folder.is_dir():
-            return {}
         out = {}
-        for path in sorted(folder.glob("*.json")):
-            try:
-                info = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
+        for name in self.location.list("failures"):
+            if not name.endswith(".json"):
                 continue
-            out[int(info["run"])] = info["error"]
-        return out
+            found = self.location.read(f"failures/{name}")
+            try:
+                info = json.loads(found[0]) if found else None
+            except (ValueError, UnicodeDecodeError):
+                continue
+            if info:
+                out[int(info["run"])] = info["error"]
+        return dict(sorted(out.items()))
 
     # -- analysis results ----------------------------------------------------------------------
 
@@ -385,6 +436,13 @@ class Store:
         g.attrs["params"] = params
         g.attrs["created"] = time.time()
         return g
+
+
+def _owner(data: bytes) -> str | None:
+    try:
+        return json.loads(data).get("owner")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -415,18 +473,18 @@ def create(
     where ``params`` is the flattened-weight layout (name, shape, start, end per tensor).
     ``targets``: the dataset's train and test labels, ``(N,)`` and ``(T,)``.
     """
-    path = Path(path)
-    if path.exists() and any(path.iterdir()):
-        raise StoreError(f"{path} exists and is not empty")
+    location = open_location(path)
+    if not location.is_empty():
+        raise StoreError(f"{location} exists and is not empty")
     R = recipe.population.runs
     specs = array_specs(
         recipe, layout["n_train"], layout["n_test"], layout["num_classes"], layout["num_params"], layout.get("num_features", 0)
     )
-    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    group = zarr.open_group(location.zarr_store(), mode="w", zarr_format=3)
     for name, (shape, dtype, fill) in specs.items():
-        group.create_array(name, shape=(R, *shape), chunks=(1, *shape), dtype=dtype, fill_value=fill)
+        group.create_array(name, shape=(R, *shape), chunks=(1, *shape), dtype=dtype, fill_value=fill, compressors=chunk_compressors())
     for split, y in zip(("train", "test"), targets):
-        group.create_array(f"dataset/y_{split}", data=np.asarray(y, dtype=np.int16))
+        group.create_array(f"dataset/y_{split}", data=np.asarray(y, dtype=np.int16), compressors=chunk_compressors())
     group.attrs["manyruns"] = {
         "format": FORMAT_VERSION,
         "version": __version__,
@@ -439,7 +497,7 @@ def create(
         "arrays": sorted(specs),
         "runs": plan_columns,
     }
-    return Store(path, group)
+    return Store(location, group)
 
 
 def grow(store: Store, recipe: Recipe, recipe_text: str, plan_columns: dict[str, list]) -> None:
@@ -482,9 +540,9 @@ def create_imported(path: str | os.PathLike, spec: ImportSpec) -> Store:
     """A store for runs trained elsewhere (published populations), holding no run yet: add runs
     with :func:`append_runs`, then write and commit them like a worker does
     (:meth:`Store.write_runs`)."""
-    path = Path(path)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise StoreError(f"{path} exists and is not empty")
+    location = open_location(path)
+    if not location.is_empty():
+        raise StoreError(f"{location} exists and is not empty")
     recipe = Recipe.from_dict(
         {
             "name": f"imported {spec.source.get('format', 'population')}",
@@ -500,11 +558,11 @@ def create_imported(path: str | os.PathLike, spec: ImportSpec) -> Store:
         "committed": ((), "bool", False),
         **spec.arrays,
     }
-    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    group = zarr.open_group(location.zarr_store(), mode="w", zarr_format=3)
     for name, (shape, dtype, fill) in specs.items():
-        group.create_array(name, shape=(0, *shape), chunks=(1, *shape), dtype=dtype, fill_value=fill)
+        group.create_array(name, shape=(0, *shape), chunks=(1, *shape), dtype=dtype, fill_value=fill, compressors=chunk_compressors())
     for split, y in zip(("train", "test"), spec.targets):
-        group.create_array(f"dataset/y_{split}", data=np.asarray(y, dtype=np.int16))
+        group.create_array(f"dataset/y_{split}", data=np.asarray(y, dtype=np.int16), compressors=chunk_compressors())
     n_train, n_test = len(spec.targets[0]), len(spec.targets[1])
     recipe_dict = recipe.to_dict()
     recipe_dict["population"]["runs"] = 0
@@ -524,18 +582,18 @@ def create_imported(path: str | os.PathLike, spec: ImportSpec) -> Store:
         "runs": {k: [] for k in RUN_COLUMNS},
         "source": spec.source,
     }
-    return Store(path, group)
+    return Store(location, group)
 
 
 def open_imported(path: str | os.PathLike, fmt: str, what: str) -> Store | None:
     """The store at ``path`` that an importer of format ``fmt`` (``what`` it holds, in words)
     made, to grow; None where there is nothing yet. Anything else at ``path`` is refused."""
-    path = Path(path)
-    if not (path / "zarr.json").is_file():
-        if path.exists() and any(path.iterdir()):
-            raise StoreError(f"{path} exists, is not empty and holds no manyruns store")
+    location = open_location(path)
+    if not location.exists("zarr.json"):
+        if not location.is_empty():
+            raise StoreError(f"{location} exists, is not empty and holds no manyruns store")
         return None
-    store = Store.open(path)
+    store = Store.open(location)
     source = store.meta.get("source") or {}
     if source.get("format") != fmt:
         raise StoreError(f"{path} holds no imported {what} (its runs come from {source.get('format') or 'a recipe'}); import into a new store")

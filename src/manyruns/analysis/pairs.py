@@ -198,8 +198,8 @@ def features_comparison(pop: Population, nb: Neighbours, count: int = 10, neighb
         run = feature_run(pop, nb.runs)
     elif not (0 <= run < pop.num_runs and pop.committed[run] and run < pop.recipe.record.features):
         raise OptionError("feature_run", f"{{param}} {run}: no recorded features (only committed runs among the first {pop.recipe.record.features} of {pop.path} keep them)")
-    train_f = np.asarray(pop.array("features/train")[run], dtype=np.float32)
-    test_f = np.asarray(pop.array("features/test")[run], dtype=np.float32)
+    train_f = pop.read("features/train", [run])[0].astype(np.float32)
+    test_f = pop.read("features/test", [run])[0].astype(np.float32)
     if not np.isfinite(train_f).all() or not np.isfinite(test_f).all():
         raise NotApplicableError(f"{pop.path}: run {run} has no recorded features (only the first {pop.recipe.record.features} runs keep them)")
     n_test = test_f.shape[0]

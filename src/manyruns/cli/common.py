@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import typer
 
 from ..data import DatasetNotFoundError
-from ..errors import InputError, OptionError
+from ..errors import InputError, ManyrunsError, OptionError
 from ..recipe import RecipeError
 from ..store import StoreError
 from ..streaming import json_safe
@@ -103,6 +103,9 @@ def handle_errors(fn=None, *, flags: dict[str, str] | None = None):
             except (InputError, RecipeError, StoreError, DatasetNotFoundError) as exc:
                 _debug()
                 fail(str(exc), 2)
+            except ManyrunsError as exc:  # a failure while working that says what happened
+                _debug()
+                fail(str(exc), 1)
             except Exception as exc:  # noqa: BLE001 - a failure while working: one line, exit 1
                 _debug()
                 fail(f"{type(exc).__name__}: {exc}", 1)
@@ -139,7 +142,7 @@ def check_outputs(paths: dict[str, Optional[Path]]) -> None:
             raise InputError(f"{flag} {path}: its folder is not writable")
 
 
-def open_population(store: Path):
+def open_population(store: str):
     """The population at ``store`` (every command opens stores this way)."""
     from ..population import open as open_store
 

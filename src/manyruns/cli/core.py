@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from .. import api
+from ..storage import open_location
 from . import app
 from .common import fail, handle_errors, open_population, print_json
 
@@ -17,11 +18,11 @@ from .common import fail, handle_errors, open_population, print_json
 @handle_errors
 def plan(
     recipe: Path = typer.Argument(..., help="Recipe TOML file."),
-    store: Path = typer.Argument(..., help="Directory of the population store to create (or grow)."),
+    store: str = typer.Argument(..., help="The population store to create (or grow): a folder, or a URL such as s3://bucket/populations/name."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Data root (default: $MANYRUNS_DATA)."),
 ):
     """Create a store for a recipe (or grow it when only population.runs increased)."""
-    existed = (store / "zarr.json").is_file()
+    existed = open_location(store).exists("zarr.json")
     before = open_population(store).num_runs if existed else 0
     pop = api.plan(recipe, store, data_dir)
     if not existed:
@@ -35,20 +36,25 @@ def plan(
 @app.command()
 @handle_errors
 def train(
-    store: Path = typer.Argument(..., help="Population store."),
+    store: str = typer.Argument(..., help="Population store: a folder or a URL (s3://, gs://, az://, file://)."),
     workers: Optional[int] = typer.Option(None, help="Worker processes (default: one per core, or per GPU)."),
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
     max_runs: Optional[int] = typer.Option(None, "--max-runs", help="Train at most this many runs now."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Data root (default: $MANYRUNS_DATA, then the one used by plan)."),
-    executor: str = typer.Option("local", help="local (process pool) or serial (in-process)."),
+    executor: str = typer.Option("local", help="local (process pool), serial (in-process) or ray (a Ray cluster: see --address)."),
     strategy: str = typer.Option("auto", help="Population form: auto, stacked (MLP), loop or vmap."),
     group_size: Optional[int] = typer.Option(None, "--group-size", help="Runs per group (default depends on the form)."),
     log_epochs: bool = typer.Option(False, "--log-epochs", help="Print train/test accuracy and loss after every epoch of every run."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    address: Optional[str] = typer.Option(None, "--address", help="With --executor ray: the cluster, auto (the one this machine belongs to) or HOST:PORT (default: a Ray instance started for this command)."),
+    gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker", help="With --executor ray: GPUs per worker, which then trains on cuda (0.25: four workers share a GPU)."),
 ):
     """Train every run that is not committed yet (resumable; Ctrl-C keeps committed runs)."""
     try:
-        report = api.train(store, workers, device, max_runs, data_dir, executor, strategy, group_size, not quiet, log_epochs)
+        report = api.train(
+            store, workers, device, max_runs, data_dir, executor, strategy, group_size, not quiet, log_epochs,
+            address=address, gpus_per_worker=gpus_per_worker,
+        )
     except KeyboardInterrupt:
         left = api.status(store)
         typer.echo(f"interrupted: {left['committed']} of {left['planned']} runs committed; `manyruns train {store}` resumes", err=True)
@@ -75,7 +81,7 @@ def train(
 @app.command()
 @handle_errors
 def status(
-    store: Path = typer.Argument(..., help="Population store."),
+    store: str = typer.Argument(..., help="Population store: a folder or a URL (s3://, gs://, az://, file://)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON object."),
 ):
     """Runs planned, committed, failed and the accuracy so far."""
@@ -119,3 +125,25 @@ def demo(
     typer.echo(f"  memorization: median {mem['quantiles']['50%']:.3f}, {mem['at_least_0.5']} training images at 0.5 or more; most memorized: {top}")
     typer.echo(f"  wall time: {summary['seconds']:.1f} s")
     typer.echo(f"next: `manyruns status {out}`, or in Python `manyruns.open({str(out)!r}).runs`")
+
+
+@app.command()
+@handle_errors
+def verify(
+    store: str = typer.Argument(..., help="Population store: a folder or a URL."),
+    repair: bool = typer.Option(False, "--repair", help="Uncommit the damaged runs (the next train redoes them)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON object."),
+):
+    """Read back every chunk of every committed run; report damaged runs (exit 1), or with --repair uncommit them."""
+    from ..verify import verify as check
+
+    report = check(store, repair=repair)
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        for line in report.lines():
+            typer.echo(line)
+    if not report.sound and not report.repaired:
+        raise typer.Exit(1)
+    if report.damaged_shared:
+        raise typer.Exit(1)

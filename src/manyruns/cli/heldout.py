@@ -79,7 +79,7 @@ def _training_labels(result):
 @app.command()
 @handle_errors
 def memorization(
-    store: Path = typer.Argument(..., help="Population store."),
+    store: str = typer.Argument(..., help="Population store: a folder or a URL (s3://, gs://, az://, file://)."),
     runs: str = runs_option(),
     value: str = typer.Option("correct", help=VALUE_HELP),
     block_size: int = typer.Option(128, "--block-size", help=BLOCK_HELP),
@@ -117,7 +117,7 @@ def memorization(
 @app.command()
 @handle_errors(flags={"same_label": "--any-label", "top": "--top"})
 def influence(
-    store: Path = typer.Argument(..., help="Population store."),
+    store: str = typer.Argument(..., help="Population store: a folder or a URL (s3://, gs://, az://, file://)."),
     runs: str = runs_option(),
     value: str = typer.Option("correct", help=VALUE_HELP),
     top: int = typer.Option(10, "--top", help="Most influential training examples kept per test example."),
@@ -210,7 +210,7 @@ def _pair_stability_line(stability: dict) -> str:
 @app.command()
 @handle_errors
 def cscore(
-    store: Path = typer.Argument(..., help="Population store."),
+    store: str = typer.Argument(..., help="Population store: a folder or a URL (s3://, gs://, az://, file://)."),
     runs: str = runs_option(),
     value: str = typer.Option("correct", help=VALUE_HELP),
     learning_speed: Optional[bool] = typer.Option(None, "--learning-speed/--no-learning-speed", help="Learning-speed proxy (default: when the store records trueprob/train)."),
@@ -260,7 +260,7 @@ def cscore(
 @handle_errors
 def import_heldout(
     release_dir: Path = typer.Argument(..., help="One experiment's directory: <subset_ratio>/<run>/aux_arrays.npz."),
-    store: Path = typer.Argument(..., help="Store to create (or grow with runs it does not hold yet)."),
+    store: str = typer.Argument(..., help="Store to create (or grow with runs it does not hold yet)."),
     dataset: str = typer.Option(..., "--dataset", help="Dataset the runs were trained on (e.g. cifar10)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Data root (default: $MANYRUNS_DATA)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
@@ -283,7 +283,7 @@ def import_heldout(
 @export_app.command("heldout")
 @handle_errors
 def export_heldout(
-    store: Path = typer.Argument(..., help="Population store (with masks, and correctness or logits)."),
+    store: str = typer.Argument(..., help="Population store (with masks, and correctness or logits)."),
     out_dir: Path = typer.Argument(..., help="Directory to write <subset_ratio>/<run>/aux_arrays.npz into."),
     runs: str = runs_option(),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace files that exist."),

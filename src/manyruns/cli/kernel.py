@@ -47,7 +47,7 @@ def _note_run_counts(runs: str) -> None:
 @import_app.command("multirun-logits")
 @handle_errors
 def import_multirun_logits(
-    paths: List[Path] = typer.Argument(..., help="One or more log.pt files, then the store (created, or appended to)."),
+    paths: List[str] = typer.Argument(..., help="One or more log.pt files, then the store (created, or appended to): a folder or a URL."),
     dataset: str = typer.Option("cifar10", help="Dataset the logits are over (labels and sizes come from it)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Data root (default: $MANYRUNS_DATA)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
@@ -73,7 +73,7 @@ def import_multirun_logits(
 @app.command()
 @handle_errors
 def ensemble(
-    store: Path = typer.Argument(..., help="Population store."),
+    store: str = typer.Argument(..., help="Population store: a folder or a URL (s3://, gs://, az://, file://)."),
     runs: str = runs_option(),
     split: str = typer.Option("test", help="test or train."),
     sizes: Optional[str] = typer.Option(None, help="Ensemble sizes n (the first n selected runs), e.g. 1,10,100 (default 1, 2, 4, ..., all)."),
@@ -90,14 +90,14 @@ def ensemble(
     check_outputs({"--plot": plot, "--csv": csv})
     pop = open_population(store)
     curve = ensemble_curve(pop, options)
-    figure = plot_ensemble(curve, plot or store / "reports" / f"ensemble-{split}.png", f"{pop.recipe.name}: ensemble {split} accuracy")
+    figure = plot_ensemble(curve, plot or pop.report_dir / f"ensemble-{split}.png", f"{pop.recipe.name}: ensemble {split} accuracy")
     emit(curve, pop, as_json=as_json, csv=csv, text=lambda s: ensemble_table(curve).splitlines(), files={"plot": str(figure)})
 
 
 @app.command()
 @handle_errors(flags={"block_runs": "--block-size"})
 def kernel(
-    store: Path = typer.Argument(..., help="Population store with logits on train and test examples."),
+    store: str = typer.Argument(..., help="Population store with logits on train and test examples."),
     runs: str = runs_option(),
     k: int = typer.Option(50, "--k", help="Neighbours to keep per query."),
     queries: str = typer.Option("test", help="test, or train (duplicates inside the training set; an example is never its own neighbour)."),
@@ -149,7 +149,7 @@ def kernel(
 @app.command()
 @handle_errors(flags={"block_runs": "--block-size"})
 def knn(
-    store: Path = typer.Argument(..., help="Population store with logits on train and test examples."),
+    store: str = typer.Argument(..., help="Population store with logits on train and test examples."),
     runs: str = runs_option(),
     k: int = typer.Option(3, "--k", help="Neighbours that vote."),
     power: float = typer.Option(0.0, help="0: majority vote (ties go to the nearest neighbour); p > 0: votes weighted by kernel^p (the best published variant: --k 20 --power 4)."),
@@ -191,7 +191,7 @@ def knn(
 @app.command()
 @handle_errors(flags={"features": "--features-grid", "block_runs": "--block-size"})
 def pairs(
-    store: Path = typer.Argument(..., help="Population store with logits on train and test examples."),
+    store: str = typer.Argument(..., help="Population store with logits on train and test examples."),
     runs: str = runs_option(),
     ranks: Optional[str] = typer.Option(None, help="Ranks to report and draw, FIRST-LAST (default 1-48, or 1-8 with --different-labels)."),
     different_labels: bool = typer.Option(False, "--different-labels", help="Keep the pairs whose labels differ (failure modes)."),

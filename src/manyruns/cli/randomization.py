@@ -14,7 +14,7 @@ from .common import check_outputs, csv_option, deprecated, deprecated_option, em
 @app.command("fit-curves")
 @handle_errors
 def fit_curves_command(
-    store: Path = typer.Argument(..., help="Population store of a randomization test (label noise or input randomization across runs)."),
+    store: str = typer.Argument(..., help="Population store of a randomization test (label noise or input randomization across runs)."),
     runs: str = runs_option(),
     plot: Optional[Path] = typer.Option(None, help="PNG of the curves (default: STORE/reports/fit-curves.png); the errors and epochs to fit per level go next to it, as <stem>-levels.png."),
     csv: Optional[Path] = csv_option("CSV: one row per corruption level (final accuracies, errors, epochs to fit)."),
@@ -31,7 +31,7 @@ def fit_curves_command(
     check_outputs({"--plot": plot, "--csv": csv})
     pop = open_population(store)
     result = fit_curves(pop, options)
-    figure = plot_fit_curves(result.levels, plot or store / "reports" / "fit-curves.png", f"{pop.recipe.name}: fit curves (mean +- std over runs)")
+    figure = plot_fit_curves(result.levels, plot or pop.report_dir / "fit-curves.png", f"{pop.recipe.name}: fit curves (mean +- std over runs)")
     by_level = plot_fit_levels(result.levels, levels_plot_path(figure), f"{pop.recipe.name}: per corruption level (mean +- std over runs)")
     recipe = pop.recipe
 

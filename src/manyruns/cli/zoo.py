@@ -16,7 +16,7 @@ from .common import check_outputs, csv_option, emit, handle_errors, json_option,
 @export_app.command("smallcnnzoo")
 @handle_errors
 def export_smallcnnzoo(
-    store: Path = typer.Argument(..., help="Population store of small CNNs that records weights."),
+    store: str = typer.Argument(..., help="Population store of small CNNs that records weights."),
     out_dir: Path = typer.Argument(..., help="Directory to write weights.npy, metrics.csv.gz and layout.csv into."),
     runs: str = typer.Option("committed", "--runs", help="Networks to write: committed (the default: diverged networks are kept, flagged, as the format allows), ok, N (the first N ok runs) or run indices such as 0-99."),
     force: bool = typer.Option(False, "--force", help="Replace zoo files already in OUT_DIR."),
@@ -39,7 +39,7 @@ def export_smallcnnzoo(
 @handle_errors
 def import_smallcnnzoo(
     zoo_dir: Path = typer.Argument(..., help="Directory holding weights.npy, metrics.csv.gz and layout.csv."),
-    store: Path = typer.Argument(..., help="New store to create."),
+    store: str = typer.Argument(..., help="New store to create."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Data root; when it holds the dataset, the store records its fingerprint and labels."),
     dataset: Optional[str] = typer.Option(None, help="Dataset name to use instead of the files' config.dataset."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
@@ -69,7 +69,7 @@ def import_smallcnnzoo(
 @app.command("zoo-predict")
 @handle_errors(flags={"checkpoints": "--checkpoint"})
 def zoo_predict(
-    store: Path = typer.Argument(..., help="Population store that records weights (a model zoo)."),
+    store: str = typer.Argument(..., help="Population store that records weights (a model zoo)."),
     runs: str = runs_option(),
     features: str = typer.Option("stats", help="stats (per-tensor statistics), weights (raw), hyper (hyperparameters) or stats+hyper."),
     model: str = typer.Option("gbm", help="linear (ridge), gbm (gradient boosting) or dnn (MLP)."),
@@ -100,7 +100,7 @@ def zoo_predict(
     pop = open_population(store)
     result = predict_accuracy(pop, options)
     m = result.metrics
-    plot = plot or store / "reports" / "zoo-predict" / analysis_name(features, model, target).removeprefix("zoo-predict-") / "scatter.png"
+    plot = plot or pop.report_dir / "zoo-predict" / analysis_name(features, model, target).removeprefix("zoo-predict-") / "scatter.png"
     test = result.split == 2
     prediction_scatter(
         result.y_true[test],

@@ -5,7 +5,9 @@ leaves them alone), a group's failure is recorded per run and the other groups g
 broken process pool (a worker killed or out of memory) takes only the runs in flight with it:
 the runs still queued go to a fresh pool, up to :data:`MAX_POOL_RESTARTS` times. Completion is
 what the commit markers say, never what workers report: a group that is retried skips the
-runs it committed before it failed.
+runs it committed before it failed. The claims of the runs in flight are refreshed every
+``CLAIM_REFRESH`` seconds, so that trainers on other hosts see them alive (and take them over
+only when this driver is gone).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
+import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Callable
 
@@ -80,11 +83,14 @@ def run_groups(
     ``report`` (trained, diverged, failed, stopped). ``order_for(runs)``: the work order of a
     group. ``progress(n)``: called as ``n`` more runs finish (or fail). Ctrl-C cancels the
     pool and re-raises; claims are released whatever happens."""
+    from ..store import CLAIM_REFRESH
+
     pending = deque(groups)
     in_flight: dict[Future, list[int]] = {}
     claimed: set[int] = set()
     pool = make_pool()
     restarts = 0
+    refreshed = time.monotonic()
 
     def failed(runs, message: str) -> None:
         for r in runs:
@@ -106,7 +112,10 @@ def run_groups(
                     in_flight[pool.submit(order_for(group))] = group
             if not in_flight:
                 break
-            done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
+            done, _ = wait(list(in_flight), timeout=CLAIM_REFRESH / 4, return_when=FIRST_COMPLETED)
+            if time.monotonic() - refreshed > CLAIM_REFRESH:
+                store.refresh_claims(sorted(claimed))
+                refreshed = time.monotonic()
             broken = False
             for fut in done:
                 group = in_flight.pop(fut)

@@ -34,6 +34,7 @@ from .. import store as store_mod
 from ..analysis.heldout import HeldoutSource
 from ..data import Dataset, check_fingerprint, load_dataset, resolve_data_root
 from ..errors import InputError
+from ..storage import open_location
 from ..population import Population
 from ..store import SUMMARY_COLUMNS, StoreError
 
@@ -218,7 +219,7 @@ def import_release(
     found = scan_release(release)
     root = resolve_data_root(data_dir)
     data: Dataset = load_dataset(dataset, root)
-    path = Path(store_path)
+    path = open_location(store_path)
     existing = store_mod.open_imported(path, FORMAT, "held-out release")
     known: set[str] = set()
     if existing is not None:

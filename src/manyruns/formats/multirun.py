@@ -30,6 +30,7 @@ import torch
 from .. import store as store_mod
 from ..data import Dataset, check_fingerprint, load_dataset, resolve_data_root
 from ..errors import InputError
+from ..storage import open_location
 from ..population import Population
 from ..store import SUMMARY_COLUMNS, Store, StoreError
 
@@ -187,7 +188,7 @@ def import_multirun_logits(
         raise InputError("give at least one log file")
     root = resolve_data_root(data_dir)
     data: Dataset = load_dataset(dataset, root)
-    path = Path(store_path)
+    path = open_location(store_path)
     existing = store_mod.open_imported(path, FORMAT, "multirun logits")
     known = []
     if existing is not None:

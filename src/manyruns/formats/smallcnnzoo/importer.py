@@ -52,9 +52,11 @@ def import_smallcnnzoo(
     from ...data import DatasetNotFoundError, load_dataset, resolve_data_root
     from ...store import METRIC_COLUMNS as STORE_METRICS
 
-    store_path = Path(store_path)
-    if store_path.exists() and (not store_path.is_dir() or any(store_path.iterdir())):
-        raise store_mod.StoreError(f"{store_path} exists and is not empty")
+    from ...storage import open_location
+
+    location = open_location(store_path)
+    if not location.is_empty():
+        raise store_mod.StoreError(f"{location} exists and is not empty")
     zoo = read_zoo(zoo_dir, dataset)
     arch, R = zoo.arch, len(zoo.networks)
     params = our_layout(arch)
@@ -117,17 +119,16 @@ def import_smallcnnzoo(
         recipe_text=f"# imported from a Small CNN Zoo directory: {source['path']}\n",
     )
 
-    created = not store_path.exists()
+    created = location.local is not None and not location.local.exists()
     try:
-        store = store_mod.create_imported(store_path, spec)
+        store = store_mod.create_imported(location, spec)
         store_mod.append_runs(store, columns)
         _write_networks(store, zoo, index, block_size)
     except BaseException:
         if created:
-            shutil.rmtree(store_path, ignore_errors=True)
+            shutil.rmtree(location.local, ignore_errors=True)
         else:
-            for child in store_path.iterdir():
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
+            location.clear()
         raise
     from ...population import Population
 
