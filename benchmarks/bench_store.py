@@ -45,7 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, default_data_dir, machine  # noqa: E402
 
 import manyruns  # noqa: E402
-from manyruns.analysis import memorization, neighbours  # noqa: E402
+from manyruns.analysis.heldout.memorization import memorization  # noqa: E402
+from manyruns.analysis.neighbours import neighbours  # noqa: E402
 from manyruns.store import RunRecord, Store  # noqa: E402
 
 MB = 1e6
