@@ -1,11 +1,14 @@
 """Training throughput of the engine against a plain sequential PyTorch loop and the FLOP floor.
 
-For each case (the MNIST memorization MLP recipe, the small CNN on MNIST, and the MLP recipe
-with bfloat16 products) this measures, in one run on one machine:
+For each case (the MNIST memorization MLP recipe, the small CNN on MNIST, the MLP recipe with
+bfloat16 products, and the CPU CIFAR-10 recipe of the fast convnet) this measures, in one run on
+one machine:
 
 * the baseline: one model at a time, a ``DataLoader`` over a ``TensorDataset`` of the run's
   subset, ``torch.optim`` with the recipe's hyperparameters, a test evaluation per epoch and
-  the final logits on train and test (what the recipe records), torch's default threads;
+  the final logits on train and test (what the recipe records), torch's default threads; with
+  the recipe's flips and translations done per batch, label smoothing, Nesterov momentum and
+  one-cycle schedule where it has them;
 * the engine: the whole ``manyruns plan`` + ``manyruns train --workers <cores>`` commands on a
   fresh store, wall clock, as a user runs them;
 * the floor: the recipe's FLOPs per run over the float32 GEMM rate measured in the same run.
@@ -16,7 +19,7 @@ needs none); the per-epoch test evaluation; the final logits on every train and 
 The conventional count (3x the forward pass per training example, i.e. 6 x parameters for an
 MLP) is reported beside it.
 
-    python benchmarks/bench_training.py [--cases mlp,cnn,mlp-bf16] [--runs 32] [--baseline-runs 2]
+    python benchmarks/bench_training.py [--cases mlp,cnn,mlp-bf16,cifar10-cpu] [--runs 32] [--baseline-runs 2]
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ CASES = {
     "mlp": ("mnist-memorization.toml", {}, 32, 2),
     "mlp-bf16": ("mnist-memorization.toml", {"training.precision": "bfloat16"}, 32, 0),
     "cnn": ("small-cnn-mnist.toml", {}, 16, 2),
+    "cifar10-cpu": ("cifar10-cpu.toml", {}, 4, 1),
 }
 
 
@@ -99,12 +103,18 @@ def baseline_run(recipe: Recipe, dataset, seed: int) -> float:
     model = build_model(recipe.model, dataset.input_shape, dataset.num_classes)
     o = recipe.optimizer
     if o.name == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
     else:
         opt = torch.optim.Adam(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
     loader = DataLoader(TensorDataset(x[subset], y[subset]), batch_size=recipe.training.batch_size, shuffle=True)
+    aug = recipe.data.augment
+    steps = recipe.training.epochs * len(loader)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=o.lr, total_steps=steps, pct_start=recipe.schedule.peak_fraction, anneal_strategy="linear",
+        div_factor=1 / max(recipe.schedule.final_fraction, 1e-6), final_div_factor=1.0, cycle_momentum=False,
+    ) if recipe.schedule.kind == "one-cycle" else None
     for _ in range(recipe.training.epochs):
-        plain_epoch(model, loader, opt)
+        plain_epoch(model, loader, opt, flip=aug.flip, pad=aug.crop, label_smoothing=recipe.training.label_smoothing, schedule=schedule)
         model.eval()
         with torch.no_grad():
             nn.functional.cross_entropy(model(xt), yt)

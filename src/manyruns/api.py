@@ -136,6 +136,8 @@ def check_train_options(recipe: Recipe, executor: str, strategy: str) -> None:
     check_choice("strategy", strategy, STRATEGIES)
     if strategy == "stacked" and recipe.model.kind != "mlp":
         raise OptionError("strategy", f"{{param}} stacked is for MLPs only, and this recipe's model is {recipe.model.kind!r}; use loop or vmap")
+    if strategy == "grouped" and recipe.model.kind != "fast-cnn":
+        raise OptionError("strategy", f"{{param}} grouped is for fast-cnn only, and this recipe's model is {recipe.model.kind!r}; use loop or vmap")
 
 
 def train(

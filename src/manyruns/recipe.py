@@ -136,10 +136,27 @@ class WideResNetSpec(_ModelBase):
         return v
 
 
+class FastCNNSpec(_ModelBase):
+    """A fast CIFAR-style convnet: a 2x2 stem convolution, then per width a block of
+    conv3x3, 2x2 max-pool, batch norm, activation, conv3x3, batch norm, activation; a global
+    max-pool and a bias-free linear output whose logits are multiplied by ``logit_scale``."""
+
+    kind: Literal["fast-cnn"] = "fast-cnn"
+    activation: Activation = "gelu"
+    stem: int = Field(24, gt=0)
+    """Channels of the 2x2 stem convolution."""
+    widths: list[Annotated[int, Field(gt=0)]] = [64, 256, 256]
+    """Channels of each block; each block halves the resolution."""
+    logit_scale: float = Field(1 / 9, gt=0)
+    batchnorm_momentum: float = Field(0.4, gt=0, le=1)
+    """Weight of a batch's statistics in the running ones (PyTorch's convention): short
+    training wants fast-moving statistics."""
+
+
 ModelSpec = Annotated[
-    Union[MLPSpec, SmallCNNSpec, ResNetSpec, WideResNetSpec], Field(discriminator="kind")
+    Union[MLPSpec, SmallCNNSpec, ResNetSpec, WideResNetSpec, FastCNNSpec], Field(discriminator="kind")
 ]
-MODEL_KINDS = ("mlp", "small-cnn", "resnet", "wrn")
+MODEL_KINDS = ("mlp", "small-cnn", "resnet", "wrn", "fast-cnn")
 
 
 # ------------------------------------------------------------------ optimizer and schedule
@@ -323,6 +340,11 @@ class RecordSection(_Section):
     eval: a separate pass over the run's training subset at the end of each epoch."""
     weights: list[Annotated[int, Field(ge=0)]] = []
     """Epochs at which to keep the flattened parameters (0 = initialization)."""
+    tta: Literal["none", "flip", "flip-translate"] = "none"
+    """Also keep test-time-augmented logits (``logits_tta/<split>`` for each split of
+    ``logits``): the mean logits over the image and its mirror image (``flip``); with
+    ``flip-translate``, half that and half the same mean over the image shifted by one pixel
+    both ways (reflect-padded), diagonally up-left and down-right."""
     true_prob: StrictBool = False
     """Per-epoch probability of the (run's) label for each training example, taken from the
     forward pass in which the example was trained on (NaN where it was not)."""
@@ -436,7 +458,7 @@ def _allowed_fields(loc: tuple[Any, ...], data: dict[str, Any]) -> list[str]:
     model_cls: type[BaseModel] | None = None
     if section == "model":
         kind = (data.get("model") or {}).get("kind", "mlp")
-        model_cls = {"mlp": MLPSpec, "small-cnn": SmallCNNSpec, "resnet": ResNetSpec, "wrn": WideResNetSpec}.get(kind)
+        model_cls = {"mlp": MLPSpec, "small-cnn": SmallCNNSpec, "resnet": ResNetSpec, "wrn": WideResNetSpec, "fast-cnn": FastCNNSpec}.get(kind)
     else:
         field = Recipe.model_fields.get(str(section))
         model_cls = field.annotation if field is not None and isinstance(field.annotation, type) else None

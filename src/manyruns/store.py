@@ -5,6 +5,7 @@ Layout (``R`` runs, ``N`` training and ``T`` test examples, ``C`` classes, ``E``
     zarr.json                 attributes: recipe, dataset fingerprint, version, weight layout, run plan
     logits/train   (R, N, C) float16    final logits on every training example
     logits/test    (R, T, C) float16
+    logits_tta/{train,test} (R, ., C) float16  test-time-augmented logits (record.tta)
     mask/train     (R, N)    bool       which training examples the run trained on
     labels/train   (R, N)    int16      the labels the run saw (after label noise)
     metrics        (R, E+1, 4) float32  after epoch e (row 0: at initialization, if recorded):
@@ -67,6 +68,8 @@ class RunRecord:
     metrics: np.ndarray | None = None  # (E+1, 4) float32, row 0 at initialization
     logits_train: np.ndarray | None = None  # (N, C)
     logits_test: np.ndarray | None = None  # (T, C)
+    logits_tta_train: np.ndarray | None = None  # (N, C), test-time augmented
+    logits_tta_test: np.ndarray | None = None  # (T, C)
     weights: dict[int, np.ndarray] | None = None  # epoch -> (P,)
     true_prob: np.ndarray | None = None  # (E, N)
     features_train: np.ndarray | None = None  # (N, F)
@@ -90,6 +93,8 @@ def array_specs(
     for split in recipe.record.logits:
         n = n_train if split == "train" else n_test
         specs[f"logits/{split}"] = ((n, num_classes), "float16", np.nan)
+        if recipe.record.tta != "none":
+            specs[f"logits_tta/{split}"] = ((n, num_classes), "float16", np.nan)
     for e in sorted(set(recipe.record.weights)):
         specs[f"weights/epoch_{e}"] = ((num_params,), "float32", np.nan)
     if recipe.record.true_prob:
@@ -296,6 +301,9 @@ class Store:
             rows["logits/train"] = rec.logits_train.astype(np.float16)
         if "logits/test" in arrays:
             rows["logits/test"] = rec.logits_test.astype(np.float16)
+        for split in ("train", "test"):
+            if f"logits_tta/{split}" in arrays:
+                rows[f"logits_tta/{split}"] = getattr(rec, f"logits_tta_{split}").astype(np.float16)
         for name in arrays:
             if name.startswith("weights/epoch_"):
                 rows[name] = rec.weights[int(name.rsplit("_", 1)[1])].astype(np.float32)

@@ -42,7 +42,7 @@ def train(
     max_runs: Optional[int] = typer.Option(None, "--max-runs", help="Train at most this many runs now."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Data root (default: $MANYRUNS_DATA, then the one used by plan)."),
     executor: str = typer.Option("local", help="local (process pool), serial (in-process) or ray (a Ray cluster: see --address)."),
-    strategy: str = typer.Option("auto", help="Population form: auto, stacked (MLP), loop or vmap."),
+    strategy: str = typer.Option("auto", help="Population form: auto, stacked (MLP), loop, vmap, or grouped (fast-cnn)."),
     group_size: Optional[int] = typer.Option(None, "--group-size", help="Runs per group (default depends on the form)."),
     log_epochs: bool = typer.Option(False, "--log-epochs", help="Print train/test accuracy and loss after every epoch of every run."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),

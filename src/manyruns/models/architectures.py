@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from ..recipe import MLPSpec, RecipeError, ResNetSpec, SmallCNNSpec, WideResNetSpec
+from ..recipe import FastCNNSpec, MLPSpec, RecipeError, ResNetSpec, SmallCNNSpec, WideResNetSpec
 from .layers import SeededDropout, activation
 
 
@@ -154,6 +154,48 @@ class WideResNet(nn.Module):
         return self.out(self.features(x))
 
 
+class FastBlock(nn.Module):
+    """conv3x3 -> max-pool 2 -> batch norm -> act -> conv3x3 -> batch norm -> act."""
+
+    def __init__(self, c_in: int, c_out: int, act: str, momentum: float):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out, momentum=momentum)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out, momentum=momentum)
+        self.act = activation(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.bn1(nn.functional.max_pool2d(self.conv1(x), 2)))
+        return self.act(self.bn2(self.conv2(h)))
+
+
+class FastCNN(nn.Module):
+    """The fast CIFAR convnet (see :class:`~manyruns.recipe.FastCNNSpec`): 2x2 stem, one
+    :class:`FastBlock` per width, global max-pool, dropout, bias-free linear output times
+    ``logit_scale``. 1.97 M parameters with the defaults on 3-channel inputs."""
+
+    def __init__(self, in_channels: int, num_classes: int, stem: int = 24, widths: list[int] = (64, 256, 256), act: str = "gelu",
+                 logit_scale: float = 1 / 9, momentum: float = 0.4, dropout: float = 0.0):
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, stem, 2, 1, 0)
+        self.stem_act = activation(act)
+        blocks, c = [], stem
+        for w in widths:
+            blocks.append(FastBlock(c, w, act, momentum))
+            c = w
+        self.blocks = nn.Sequential(*blocks)
+        self.drop = SeededDropout(dropout)
+        self.out = nn.Linear(c, num_classes, bias=False)
+        self.logit_scale = float(logit_scale)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.stem_act(self.stem(x))).amax(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.drop(self.features(x))) * self.logit_scale
+
+
 def build_model(spec, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """An untrained single network for a recipe's ``[model]`` section (PyTorch's default init)."""
     c, h, w = input_shape
@@ -171,6 +213,14 @@ def build_model(spec, input_shape: tuple[int, int, int], num_classes: int) -> nn
         return ResNet(c, num_classes, list(spec.blocks), spec.width, spec.activation, spec.dropout)
     if isinstance(spec, WideResNetSpec):
         return WideResNet(c, num_classes, spec.depth, spec.width, spec.activation, spec.dropout)
+    if isinstance(spec, FastCNNSpec):
+        if (min(h, w) - 1) >> len(spec.widths) < 1:
+            raise RecipeError(
+                f"field 'model.widths': fast-cnn with {len(spec.widths)} blocks halves the resolution {len(spec.widths)} times after a 2x2 stem, "
+                f"and this dataset's images are {h}x{w}; use at most {max(1, (min(h, w) - 1).bit_length() - 1)} widths",
+                field="model.widths",
+            )
+        return FastCNN(c, num_classes, spec.stem, list(spec.widths), spec.activation, spec.logit_scale, spec.batchnorm_momentum, spec.dropout)
     raise TypeError(f"unknown model spec {spec!r}")
 
 

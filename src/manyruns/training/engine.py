@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.architectures import create_model
-from ..models.population import PopulationModule, choose_strategy, make_population
+from ..models.population import LoopPopulation, PopulationModule, choose_strategy, make_population
 from ..plan import RunSeeds
 from ..recipe import Recipe
 from ..seeding import generator
@@ -58,6 +58,32 @@ def predict_per_run(pop: PopulationModule, x: torch.Tensor, idx: torch.Tensor, b
     """Logits ``(G, n, C)`` of network g on its own examples ``x[idx[g]]``; ``idx (G, n)``."""
     pop.eval()
     return torch.cat([pop(x[idx[:, i : i + batch]]).float() for i in range(0, idx.shape[1], batch)], dim=1)
+
+
+def tta_views(x: torch.Tensor, mode: str) -> list[tuple[float, torch.Tensor]]:
+    """The weighted views of images ``x (B, C, H, W)`` whose logits ``mode`` averages."""
+    mirror = x.flip(-1)
+    views = [(0.5, x), (0.5, mirror)]
+    if mode == "flip-translate":
+        shifted = []
+        for image in (x, mirror):
+            padded = F.pad(image, (1, 1, 1, 1), mode="reflect")
+            h, w = x.shape[-2:]
+            shifted += [padded[..., :h, :w], padded[..., 2 : h + 2, 2 : w + 2]]
+        views = [(0.25, v) for _, v in views] + [(0.125, v) for v in shifted]
+    return views
+
+
+@torch.no_grad()
+def predict_tta(pop: PopulationModule, x: torch.Tensor, mode: str, batch: int = EVAL_BATCH) -> torch.Tensor:
+    """Test-time-augmented logits ``(G, N, C)`` float32 of every network on ``x (N, C, H, W)``
+    (see ``record.tta``): the weighted mean of the logits of :func:`tta_views`."""
+    pop.eval()
+    out = []
+    for i in range(0, x.shape[0], batch):
+        views = tta_views(x[i : i + batch].float(), mode)
+        out.append(sum(w * pop.forward_shared(v.to(x.dtype)).float() for w, v in views))
+    return torch.cat(out, dim=1)
 
 
 def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,6 +129,8 @@ def train_group(
     models = [create_model(recipe.model, data.input_shape, C, r.seeds.init).to(device) for r in runs]
     strategy = resolve_strategy(recipe, device, strategy, data.input_shape, C)
     pop = make_population(models, strategy, recipe.training.precision).to(device)
+    if recipe.model.kind == "fast-cnn" and device.type == "cpu" and isinstance(pop, LoopPopulation):
+        pop.use_channels_last()
     pop.set_dropout_generators([torch.Generator(device=device).manual_seed(r.seeds.dropout) for r in runs])
     opt = make_optimizer(pop.parameters(), recipe.optimizer)
     autocast = (
@@ -190,6 +218,10 @@ def train_group(
     logits_train = predict_shared(pop, data.x_train)  # (G, N, C)
     logits_test = predict_shared(pop, data.x_test)  # (G, T, C)
     diverged |= ~torch.isfinite(logits_train).all(dim=(1, 2)).cpu() | ~torch.isfinite(logits_test).all(dim=(1, 2)).cpu()
+    tta = {}
+    if record.tta != "none":
+        for split in record.logits:
+            tta[split] = predict_tta(pop, data.x_train if split == "train" else data.x_test, record.tta)
     keeps_features = [r.index < record.features for r in runs]
     features_train = features_test = None
     if any(keeps_features):
@@ -220,6 +252,8 @@ def train_group(
                 metrics=metrics[g].numpy(),
                 logits_train=logits_train[g].cpu().numpy().astype(np.float16),
                 logits_test=logits_test[g].cpu().numpy().astype(np.float16),
+                logits_tta_train=tta["train"][g].cpu().numpy().astype(np.float16) if "train" in tta else None,
+                logits_tta_test=tta["test"][g].cpu().numpy().astype(np.float16) if "test" in tta else None,
                 weights={e: w[g].numpy() for e, w in weights.items()},
                 true_prob=true_prob[g].cpu().numpy() if true_prob is not None else None,
                 features_train=features_train[g].cpu().numpy().astype(np.float16) if keeps_features[g] else None,
