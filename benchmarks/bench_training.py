@@ -154,7 +154,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "training.json")
     args = parser.parse_args()
     if not args.data_dir:
-        sys.exit("MNIST is needed: pass --data-dir or set MANYRUNS_DATA")
+        sys.exit("the datasets are needed (MNIST, CIFAR-10): pass --data-dir or set MANYRUNS_DATA")
     workers = len(os.sched_getaffinity(0))
     info = machine()
     rate32 = gemm_rate(torch.float32)
@@ -162,13 +162,17 @@ def main() -> None:
     rate16 = gemm_rate(torch.bfloat16) if any(CASES[c][1].get("training.precision") == "bfloat16" for c in args.cases.split(",")) else None
     print(f"machine: {info}")
     print(f"GEMM rate, {torch.get_num_threads()} threads: float32 {rate32 / 1e9:.0f} GFLOP/s" + (f", bfloat16 {rate16 / 1e9:.0f} GFLOP/s" if rate16 else ""))
-    dataset = load_dataset("mnist", args.data_dir)
+    datasets: dict = {}
     results = {"machine": info, "gemm_float32": rate32, "gemm_bfloat16": rate16, "cases": {}}
     for name in args.cases.split(","):
         file, overrides, runs, base_runs = CASES[name]
         runs = args.runs or runs
         base_runs = base_runs if args.baseline_runs is None else args.baseline_runs
         recipe = Recipe.load(REPO / "examples" / file).with_overrides(overrides)
+        name_of_data = recipe.data.dataset
+        if name_of_data not in datasets:
+            datasets[name_of_data] = load_dataset(name_of_data, args.data_dir)
+        dataset = datasets[name_of_data]
         exact, conventional = flops_per_run(recipe, dataset)
         print(f"\n== {name}: {file} {overrides or ''} ({exact / 1e9:.0f} GFLOP per run; conventional {conventional / 1e9:.0f})")
         base = [baseline_run(recipe, dataset, seed) for seed in range(base_runs)]
