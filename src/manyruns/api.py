@@ -210,6 +210,10 @@ def train(
         pool = make_executor("ray", workers, device, address=address, gpus_per_worker=gpus_per_worker, log_to_driver=log_epochs, store=str(store.path), data_dir=data_dir)
         workers = pool.slots
     size = group_size or min(default_group_size(form, device), max(1, math.ceil(len(todo) / workers)))
+    if executor != "ray":  # a cluster's nodes are not this machine; their workers check nothing here
+        from .training.footprint import check_fits
+
+        check_fits(recipe, store.meta["layout"], device, workers, size, form)
     groups = make_groups({r: group_key(recipe, plans[r]) for r in todo}, todo, size)
     bar = tqdm(total=len(todo), unit="run", desc="train", disable=not progress, smoothing=0.1)
     try:

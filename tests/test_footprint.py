@@ -1,0 +1,106 @@
+"""The memory check made before any run is claimed: its estimate against a measured peak, and
+the refusal of a recipe that cannot fit (exit 2, nothing claimed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from manyruns.models.architectures import count_parameters, create_model
+from manyruns.recipe import Recipe
+from manyruns.training.footprint import _mem_available, activation_bytes, check_fits, estimate_bytes
+
+from .test_cli import run
+
+CNN_RECIPE = """
+name = "cnn"
+[data]
+dataset = "cifar10"
+[model]
+kind = "fast-cnn"
+stem = 16
+widths = [32, 64, 128]
+[training]
+epochs = 1
+batch_size = {batch}
+[population]
+runs = 1
+"""
+
+
+def _measured_step_bytes(batch: int) -> int:
+    """Growth of the peak resident memory of a fresh process over one forward and backward
+    pass of the CPU CIFAR-10 network on ``batch`` random images (model and inputs made first)."""
+    code = textwrap.dedent(
+        f"""
+        import json, resource, torch
+        from manyruns.recipe import Recipe
+        from manyruns.models.architectures import create_model
+        torch.set_num_threads(1)
+        recipe = Recipe.from_toml({CNN_RECIPE.format(batch=batch)!r})
+        model = create_model(recipe.model, (3, 32, 32), 10, 0).train()
+        x = torch.randn({batch}, 3, 32, 32)
+        y = torch.randint(0, 10, ({batch},))
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(json.dumps((after - before) * 1024))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    return int(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_activation_estimate_matches_a_measured_training_step():
+    recipe = Recipe.from_toml(CNN_RECIPE.format(batch=512))
+    A, M, P = activation_bytes(recipe, (3, 32, 32), 10)
+    assert 0 < M < A and P == count_parameters(create_model(recipe.model, (3, 32, 32), 10, 0))
+    measured = _measured_step_bytes(512)
+    estimated = 512 * (A + M)
+    assert 0.7 * estimated < measured < 1.3 * estimated, (measured, estimated)
+
+
+def test_bfloat16_saves_smaller_activations():
+    f32 = Recipe.from_toml(CNN_RECIPE.format(batch=256))
+    bf16 = Recipe.from_toml(CNN_RECIPE.format(batch=256).replace("epochs = 1", 'epochs = 1\nprecision = "bfloat16"'))
+    assert activation_bytes(bf16, (3, 32, 32), 10)[0] < 0.75 * activation_bytes(f32, (3, 32, 32), 10)[0]
+
+
+def test_estimate_grows_with_the_group_and_the_share_shrinks_with_workers():
+    recipe = Recipe.from_toml(CNN_RECIPE.format(batch=256))
+    layout = {"n_train": 50000, "n_test": 10000, "num_classes": 10, "input_shape": [3, 32, 32]}
+    one, four = (estimate_bytes(recipe, layout, g, "loop") for g in (1, 4))
+    assert four > one > (50000 + 10000) * 3072 * 4
+    check_fits(recipe, layout, "cpu", 1, 1, "loop")  # fits on any machine that runs the suite
+    free = _mem_available()
+    workers = int(2 * free // one) + 1
+    with pytest.raises(ValueError, match=r"training\.batch_size.*GiB per worker on cpu.*for \d+ workers"):
+        check_fits(recipe, layout, "cpu", workers, 1, "loop")
+
+
+def test_train_refuses_a_batch_that_cannot_fit_before_claiming_anything(tmp_path, write_recipe):
+    free = _mem_available()
+    # an MLP on digits wide enough that its full-batch activations need twice the free memory
+    recipe = Recipe.from_toml(
+        'name = "wide"\n[data]\ndataset = "digits"\n[model]\nkind = "mlp"\nwidths = [1000]\n'
+        "[training]\nepochs = 1\nbatch_size = 100000\n[population]\nruns = 2\n"
+    )
+    per_unit = activation_bytes(recipe, (1, 8, 8), 10)[0] / 1000
+    width = int(2 * free / (1438 * per_unit)) + 1
+    path = write_recipe(
+        'name = "wide"\n[data]\ndataset = "digits"\n[model]\nkind = "mlp"\n'
+        f"widths = [{width}]\n[training]\nepochs = 1\nbatch_size = 100000\n[population]\nruns = 2\n"
+    )
+    store = tmp_path / "s"
+    assert run("plan", str(path), str(store)).returncode == 0
+    result = run("train", str(store), "--workers", "1")
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert "training.batch_size" in line and "GiB per worker on cpu" in line and "lower training.batch_size" in line
+    status = json.loads(run("status", str(store), "--json").stdout)
+    assert status["committed"] == 0 and status["failed"] == 0 and status["running"] == 0
+    assert not (store / "claims").exists() or not any((store / "claims").iterdir())
