@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import resource
@@ -14,20 +15,25 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def plain_epoch(model: torch.nn.Module, loader, opt: torch.optim.Optimizer, flip: bool = False, pad: int = 0,
-                label_smoothing: float = 0.0, schedule=None) -> None:
-    """One epoch of the plain-PyTorch baselines: every batch of ``loader`` through forward,
-    cross-entropy, backward and an optimizer step (and a scheduler step). ``flip``: each image
-    mirrored with probability 1/2; ``pad``: zero-padded by ``pad`` pixels and cropped back at a
-    random offset, one offset per batch (cheaper than per image: a favour to the baseline)."""
+                label_smoothing: float = 0.0, schedule=None, autocast=None) -> None:
+    """One epoch of the plain-PyTorch baselines: every batch of ``loader`` (any iterable of
+    ``(inputs, labels)`` on one device) through forward, cross-entropy, backward and an optimizer
+    step (and a scheduler step). ``flip``: each image mirrored with probability 1/2; ``pad``:
+    zero-padded by ``pad`` pixels and cropped back at a random offset, one offset per batch
+    (cheaper than per image: a favour to the baseline). ``autocast``: a context for the forward
+    pass (bfloat16 products on a GPU)."""
     model.train()
+    autocast = autocast if autocast is not None else contextlib.nullcontext()
     for xb, yb in loader:
         if flip:
-            xb = torch.where(torch.rand(len(xb), 1, 1, 1) < 0.5, xb.flip(-1), xb)
+            xb = torch.where(torch.rand(len(xb), 1, 1, 1, device=xb.device) < 0.5, xb.flip(-1), xb)
         if pad:
             h, w = xb.shape[-2:]
             dy, dx = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,)))
             xb = torch.nn.functional.pad(xb, (pad, pad, pad, pad))[..., dy : dy + h, dx : dx + w]
-        loss = torch.nn.functional.cross_entropy(model(xb), yb, label_smoothing=label_smoothing)
+        with autocast:
+            out = model(xb)
+        loss = torch.nn.functional.cross_entropy(out.float(), yb, label_smoothing=label_smoothing)
         opt.zero_grad()
         loss.backward()
         opt.step()
