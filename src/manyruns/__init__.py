@@ -5,6 +5,7 @@
 >>> manyruns.train("runs/demo", workers=2)                 # doctest: +SKIP
 >>> pop = manyruns.open("runs/demo")                       # doctest: +SKIP
 >>> pop.runs.head()                                        # doctest: +SKIP
+>>> report = manyruns.audit(pop)                           # doctest: +SKIP
 """
 
 from .version import __version__  # noqa: E402
@@ -25,8 +26,18 @@ __all__ = [
     "StoreNotFoundError",
     "TrainReport",
     "__version__",
+    "audit",
     "open",
     "plan",
     "status",
     "train",
 ]
+
+
+def __getattr__(name: str):
+    # the audit pulls in the analyses (and torch): imported when first asked for
+    if name == "audit":
+        from .analysis.audit import audit
+
+        return audit
+    raise AttributeError(f"module 'manyruns' has no attribute {name!r}")
