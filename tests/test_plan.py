@@ -122,3 +122,67 @@ def test_log_uniform_is_uniform_in_log_space():
     logs = np.log10([p.sweep["optimizer.lr"] for p in plan_runs(r)])
     assert abs(logs.mean() - (-2.0)) < 0.1
     assert abs((logs < -3).mean() - 0.25) < 0.03
+
+
+def test_folds_hold_every_example_out_exactly_once_per_block():
+    r = recipe("folds = 5", runs=10, subset="1.0")
+    plans = plan_runs(r)
+    assert {p.subset for p in plans} == {0.8}
+    masks = np.array([realize_mask(r, p, 1003) for p in plans])  # 1003: folds of 200 and 201
+    for block in (masks[:5], masks[5:]):
+        assert ((~block).sum(0) == 1).all()  # held out by exactly one run of the block
+        assert set((~block).sum(1)) <= {200, 201}
+    assert not np.array_equal(masks[0], masks[5])  # a fresh partition for the next block
+    # runs of one fold (same size) may share a group; runs of different folds never do
+    keys = [group_key(r, p) for p in plans]
+    assert keys[0] == keys[5] and len(set(keys[:5])) == 5
+
+
+def test_folds_and_subset_are_exclusive():
+    import pytest
+
+    from manyruns.recipe import RecipeError
+
+    with pytest.raises(RecipeError, match="folds or population.subset"):
+        recipe("folds = 5", subset="0.5")
+    with pytest.raises(RecipeError, match="folds"):
+        recipe("folds = 1", subset="1.0")
+
+
+def test_class_conditional_noise_follows_its_matrix():
+    import pytest
+
+    from manyruns.data.transforms import corrupt_labels_by_matrix
+    from manyruns.recipe import RecipeError
+
+    m = np.array([[0.7, 0.3, 0.0], [0.0, 1.0, 0.0], [0.1, 0.1, 0.8]])
+    y = np.repeat(np.arange(3), 40000)
+    noisy = corrupt_labels_by_matrix(y, 1.0, m, np.random.default_rng(0))
+    observed = np.array([[np.mean(noisy[y == i] == j) for j in range(3)] for i in range(3)])
+    np.testing.assert_allclose(observed, m, atol=0.01)
+    half = corrupt_labels_by_matrix(y, 0.5, m, np.random.default_rng(1))
+    assert abs(np.mean(half[y == 0] != 0) - 0.15) < 0.01
+    digits = load_dataset("digits")
+    ten = np.eye(10) * 0.8 + np.roll(np.eye(10), 1, axis=1) * 0.2  # each class to the next with 20%
+    rows = ", ".join("[" + ", ".join(f"{x:g}" for x in row) + "]" for row in ten)
+    r = recipe(f"label_noise = {{p = 1.0, matrix = [{rows}]}}")
+    labels = realize_labels(r, plan_runs(r)[0], digits.y_train, 10)
+    changed = labels != digits.y_train
+    assert abs(changed.mean() - 0.2) < 0.04 and np.array_equal(labels[changed], (digits.y_train[changed] + 1) % 10)
+    with pytest.raises(RecipeError, match="row 1 must hold probabilities summing to 1"):
+        recipe("label_noise = {p = 1.0, matrix = [[1.0, 0.0], [0.5, 0.4]]}")
+    with pytest.raises(RecipeError, match="must be square"):
+        recipe("label_noise = {p = 1.0, matrix = [[1.0, 0.0]]}")
+
+
+def test_plan_refuses_a_noise_matrix_of_the_wrong_size(tmp_path):
+    import pytest
+
+    import manyruns
+    from manyruns.recipe import RecipeError
+
+    path = tmp_path / "r.toml"
+    path.write_text(tiny_recipe(runs=2).replace("[record]", "label_noise = {p = 1.0, matrix = [[1.0, 0.0], [0.0, 1.0]]}\n[record]"))
+    with pytest.raises(RecipeError, match="label_noise.matrix': has 2 rows, and digits has 10 classes"):
+        manyruns.plan(path, tmp_path / "s")
+    assert not (tmp_path / "s").exists()

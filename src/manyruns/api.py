@@ -103,6 +103,12 @@ def plan(recipe: Recipe | str | os.PathLike, path: str | os.PathLike, data_dir: 
         raise StoreError(f"{path} exists and is not empty")
     root = resolve_data_root(data_dir)
     dataset = load_dataset(recipe.data.dataset, root)
+    noise = recipe.population.label_noise
+    if noise is not None and noise.matrix is not None and len(noise.matrix) != dataset.num_classes:
+        raise RecipeError(
+            f"field 'population.label_noise.matrix': has {len(noise.matrix)} rows, and {recipe.data.dataset} has {dataset.num_classes} classes",
+            field="population.label_noise.matrix",
+        )
     plans = plan_runs(recipe)
     layout = _layout(recipe, plans, dataset)
     columns = plans_to_columns(plans)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .data.base import Dataset
-from .data.transforms import corrupt_labels, randomize_inputs, subset_mask
+from .data.transforms import corrupt_labels, corrupt_labels_by_matrix, fold_mask, randomize_inputs, subset_mask
 from .recipe import Recipe, sample_sweep
 from .store import RUN_COLUMNS
 from .seeding import Purpose, dataset_stream, generator, key_of, run_seed, run_stream, torch_seed
@@ -68,11 +68,17 @@ def group_key(recipe: Recipe, plan: RunPlan) -> str:
     same subset size (so the same number of steps), same inputs. Label noise may differ."""
     resolved = run_recipe(recipe, plan).to_dict()
     resolved.pop("population")
-    return json.dumps([resolved, plan.subset, plan.inputs], sort_keys=True)
+    folds = recipe.population.folds
+    fold = plan.index % folds if folds else None  # folds may differ in size by one example
+    return json.dumps([resolved, plan.subset, plan.inputs, fold], sort_keys=True)
 
 
 def realize_mask(recipe: Recipe, plan: RunPlan, n_train: int) -> np.ndarray:
     """``(N_train,) bool``: the examples run ``plan.index`` trains on (its own subset stream)."""
+    folds = recipe.population.folds
+    if folds:  # one partition per block of K runs, shared by its runs
+        rng = generator(dataset_stream(recipe.population.seed, Purpose.SUBSET, folds, plan.index // folds))
+        return fold_mask(n_train, folds, plan.index % folds, rng)
     rng = generator(run_stream(recipe.population.seed, plan.index, Purpose.SUBSET))
     return subset_mask(n_train, plan.subset, rng)
 
@@ -91,6 +97,8 @@ def realize_labels(recipe: Recipe, plan: RunPlan, labels: np.ndarray, num_classe
         stream = dataset_stream(seed, Purpose.NOISE, key_of(plan.label_noise))
     else:
         stream = run_stream(seed, plan.index, Purpose.NOISE)
+    if noise.matrix is not None:
+        return corrupt_labels_by_matrix(labels, plan.label_noise, np.asarray(noise.matrix), generator(stream))
     return corrupt_labels(labels, plan.label_noise, num_classes, generator(stream), noise.exclude_true)
 
 

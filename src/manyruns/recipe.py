@@ -218,6 +218,26 @@ class LabelNoise(_Section):
     may equal the true label, so p = 1 leaves about 1/C of the labels right. true: the
     replacement is uniform over the other classes, so exactly the drawn labels are wrong."""
 
+    matrix: list[list[float]] | None = None
+    """Class-conditional noise: row ``i`` is the distribution of the noisy label of an example
+    whose true class is ``i`` (C rows of C probabilities, each row summing to 1). A label drawn
+    for replacement (probability ``p``) is redrawn from its row; ``p = 1`` applies the matrix
+    to every label. ``exclude_true`` does not apply (the diagonal says how often a label stays)."""
+
+    @model_validator(mode="after")
+    def _matrix_is_a_transition_matrix(self) -> "LabelNoise":
+        if self.matrix is None:
+            return self
+        m = self.matrix
+        if not m or any(len(row) != len(m) for row in m):
+            raise ValueError(f"label noise matrix must be square (C rows of C probabilities), got rows of lengths {[len(r) for r in m]}")
+        for i, row in enumerate(m):
+            if any(not 0.0 <= x <= 1.0 for x in row) or abs(sum(row) - 1.0) > 1e-6:
+                raise ValueError(f"label noise matrix row {i} must hold probabilities summing to 1, got {row} (sum {sum(row):.6g})")
+        if self.exclude_true:
+            raise ValueError("label noise: exclude_true does not apply with a matrix (its diagonal says how often a label stays)")
+        return self
+
     @field_validator("p", mode="before")
     @classmethod
     def _p_is_a_number(cls, v: Any) -> Any:
@@ -275,6 +295,11 @@ class PopulationSection(_Section):
     subset: float | list[float] = 1.0
     """Fraction of the training set each run trains on (drawn without replacement, per run).
     A list splits the runs evenly between the ratios."""
+    folds: int | None = Field(None, ge=2)
+    """K-fold cross-validation instead of random subsets: the training set is split into K
+    folds of equal size (up to one example), a fresh random partition for every K consecutive
+    runs, and run ``r`` trains on every fold but fold ``r mod K``; each block of K runs holds
+    every example out exactly once. Not combined with ``subset``."""
     label_noise: LabelNoise | None = None
     inputs: InputRandomization | list[InputRandomization] = "none"
     """Input randomization (dataset scope, applied to train and test inputs):
@@ -316,8 +341,16 @@ class PopulationSection(_Section):
                 )
         return v
 
+    @model_validator(mode="after")
+    def _folds_or_subset(self) -> "PopulationSection":
+        if self.folds is not None and self.subset != 1.0:
+            raise ValueError("give population.folds or population.subset, not both (folds set each run's subset)")
+        return self
+
     @property
     def subset_levels(self) -> list[float]:
+        if self.folds is not None:
+            return [(self.folds - 1) / self.folds]
         return list(self.subset) if isinstance(self.subset, list) else [self.subset]
 
     @property

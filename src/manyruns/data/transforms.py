@@ -41,6 +41,27 @@ def corrupt_labels(
     return np.where(drawn, replacement, labels)
 
 
+def corrupt_labels_by_matrix(labels: np.ndarray, p: float, matrix: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Class-conditional noise: each label is redrawn, with probability ``p``, from row
+    ``labels[i]`` of ``matrix (C, C)`` (the distribution of the noisy label given the true
+    class). Returns a new ``(N,) int64`` array."""
+    labels = np.asarray(labels, dtype=np.int64)
+    n = labels.shape[0]
+    drawn = rng.random(n) < p
+    u = rng.random(n)
+    cdf = np.cumsum(np.asarray(matrix, dtype=np.float64), axis=1)[labels]  # (N, C)
+    replacement = np.minimum((u[:, None] >= cdf).sum(1), cdf.shape[1] - 1)
+    return np.where(drawn, replacement, labels)
+
+
+def fold_mask(n: int, folds: int, fold: int, rng: np.random.Generator) -> np.ndarray:
+    """``(n,) bool``: every example but those of ``fold`` in a random partition of ``n`` into
+    ``folds`` folds of equal size (up to one example)."""
+    fold_of = np.empty(n, dtype=np.int64)
+    fold_of[rng.permutation(n)] = np.arange(n) % folds
+    return fold_of != fold
+
+
 def randomize_inputs(x: np.ndarray, kind: str, rng: np.random.Generator, stats: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Randomize images ``x`` of shape ``(N, C, H, W)`` (uint8 or float).
 
