@@ -1,0 +1,348 @@
+"""The audit side by side with cleanlab on planted label noise, duplicates and leaks (docs/audit.md).
+
+For each dataset, noise setting and seed:
+
+1. **Data.** The dataset with planted copies: ``--dups`` training images replaced by perturbed
+   copies of other training images (a 1-2 pixel shift, Gaussian noise of std 8, or brightness
+   x0.8), and ``--leaks`` test images replaced by perturbed copies of training images, each copy
+   with its source's label. Written as IDX files under ``--work`` (the stores record their
+   fingerprint).
+2. **Noise** on the training labels only, through the recipe: ``sym-P`` replaces a fraction P by
+   another class (uniform over the others); ``cc-P`` draws from a class-conditional noise
+   matrix of trace C(1 - P) (cleanlab's generator, valid matrices, seeded).
+3. **Arm C**: the same recipe as 5-fold cross-validation (``population.folds = 5``, penultimate
+   features of every fold model kept): cleanlab's ``find_label_issues`` and ``Datalab`` (label,
+   near-duplicate and outlier checks) on the cross-validated probabilities and the held-out
+   fold model's features. **Arm M**: ``manyruns.audit`` on a population of random halves,
+   with the first 8 runs (equal training compute: 8 x 0.5 = 5 x 0.8 examples per epoch) and
+   more (``--runs``); also cleanlab's filter fed with the population's probabilities.
+4. **Metrics** per arm: AUROC and average precision of the label-quality scores against the
+   planted errors, precision / recall / F1 of the flagged set, estimated against true noise
+   rate, training and audit wall time; recall of the planted duplicate pairs and of the
+   planted leaks, and how many pairs each method flags.
+
+Writes ``results.json`` (every setting and seed) and ``summary.md`` (means and standard
+deviations over seeds) into ``--out``.
+
+    python experiments/audit/run_audit_vs_cleanlab.py --dataset mnist --noise sym-0.05,sym-0.2,cc-0.2 --seeds 0,1,2 [--runs 8,50,200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import struct
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+import manyruns
+from manyruns.analysis.audit import audit, out_of_sample
+from manyruns.data import load_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+IDX = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+
+
+# ------------------------------------------------------------------------------------ data
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    array = np.asarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        f.write(header + array.tobytes())
+
+
+def perturb(image: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
+    """A perturbed copy of one ``(H, W)`` uint8 image."""
+    x = image.astype(np.float32)
+    if kind == "shift":
+        dy, dx = rng.choice([-2, -1, 1, 2], size=2)
+        x = np.roll(x, (int(dy), int(dx)), axis=(0, 1))
+    elif kind == "noise":
+        x = x + rng.normal(0, 8, x.shape)
+    else:  # brightness
+        x = x * 0.8
+    return np.clip(np.round(x), 0, 255).astype(np.uint8)
+
+
+def planted_dataset(name: str, data_dir: str, work: Path, seed: int, dups: int, leaks: int) -> tuple[Path, dict]:
+    """Write ``name`` with planted copies under ``work``; returns the data root and the plants."""
+    root = work / f"data-{name}-s{seed}"
+    info_path = root / "plants.json"
+    if info_path.is_file():
+        return root, json.loads(info_path.read_text())
+    ds = load_dataset(name, data_dir)
+    rng = np.random.default_rng(1000 + seed)
+    xtr, ytr = ds.x_train[:, 0].copy(), ds.y_train.copy()
+    xte, yte = ds.x_test[:, 0].copy(), ds.y_test.copy()
+    N, T = len(ytr), len(yte)
+    picks = rng.choice(N, size=2 * dups + leaks, replace=False)
+    sources, copies, leak_sources = picks[:dups], picks[dups : 2 * dups], picks[2 * dups :]
+    kinds = ("shift", "noise", "brightness")
+    train_pairs = []
+    for i, (s, c) in enumerate(zip(sources, copies)):
+        kind = kinds[i % 3]
+        xtr[c], ytr[c] = perturb(xtr[s], kind, rng), ytr[s]
+        train_pairs.append([int(c), int(s), kind])
+    test_rows = rng.choice(T, size=leaks, replace=False)
+    leak_pairs = []
+    for i, (t, s) in enumerate(zip(test_rows, leak_sources)):
+        kind = kinds[i % 3]
+        xte[t], yte[t] = perturb(xtr[s], kind, rng), ytr[s]
+        leak_pairs.append([int(t), int(s), kind])
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for file, array in zip(IDX, (xtr, ytr, xte, yte)):
+        write_idx(folder / file, array)
+    info = {"train_pairs": train_pairs, "leaks": leak_pairs}
+    info_path.write_text(json.dumps(info))
+    return root, info
+
+
+# ----------------------------------------------------------------------------------- noise
+
+
+def noise_block(setting: str, num_classes: int, prior: np.ndarray, seed: int) -> tuple[str, float]:
+    kind, p = setting.split("-")
+    p = float(p)
+    if kind == "sym":
+        return f"\n[population.label_noise]\np = {p}\nscope = \"dataset\"\nexclude_true = true\n", p
+    from cleanlab.benchmarking.noise_generation import generate_noise_matrix_from_trace
+
+    # cleanlab's matrix is P(noisy label = row | true label = column); the recipe's rows are true classes
+    m = generate_noise_matrix_from_trace(num_classes, num_classes * (1 - p), py=prior, valid_noise_matrix=True, seed=seed)
+    rows = np.asarray(m).T
+    rows = rows / rows.sum(1, keepdims=True)
+    text = ", ".join("[" + ", ".join(f"{x:.10f}" for x in row) + "]" for row in rows)
+    return f"\n[population.label_noise]\np = 1.0\nscope = \"dataset\"\nmatrix = [{text}]\n", p
+
+
+def recipe_text(dataset: str, noise: str, seed: int, folds: bool, runs: int) -> str:
+    text = (REPO / "examples" / "audit-mnist.toml").read_text()
+    text = text.replace('dataset = "mnist"', f'dataset = "{dataset}"').replace("seed = 0", f"seed = {seed}")
+    if folds:
+        text = text.replace("subset = 0.5", "folds = 5").replace("runs = 200", "runs = 5").replace("metrics = true", "metrics = true\nfeatures = 5")
+    else:
+        text = text.replace("runs = 200", f"runs = {runs}")
+    return text + noise
+
+
+def trained(recipe: str, store: Path, data_root: Path, workers: int) -> tuple[manyruns.Population, float]:
+    """The store trained to the end (resumed if it exists), and its training time: the runs'
+    seconds over the workers."""
+    if not (store / "zarr.json").is_file():
+        path = store.with_suffix(".toml")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(recipe)
+        manyruns.plan(path, store, data_root)
+    manyruns.train(store, workers=workers, data_dir=data_root, progress=False)
+    pop = manyruns.open(store)
+    return pop, float(pop.runs.seconds.sum() / workers)  # wall time with the workers busy
+
+
+# --------------------------------------------------------------------------------- metrics
+
+
+def score_metrics(truth: np.ndarray, doubt: np.ndarray, flagged: np.ndarray, estimated: float | None) -> dict:
+    """AUROC and AP of ``doubt`` (higher = more likely an error), P/R/F1 of ``flagged``."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    ok = np.isfinite(doubt)
+    tp = int((flagged & truth).sum())
+    precision = tp / max(int(flagged.sum()), 1)
+    recall = tp / max(int(truth.sum()), 1)
+    return {
+        "auroc": float(roc_auc_score(truth[ok], doubt[ok])),
+        "ap": float(average_precision_score(truth[ok], doubt[ok])),
+        "flagged": int(flagged.sum()),
+        "precision": precision,
+        "recall": recall,
+        "f1": 2 * precision * recall / max(precision + recall, 1e-12),
+        "noise_estimated": estimated,
+        "noise_true": float(truth.mean()),
+    }
+
+
+def pair_recall(planted: list, found: set[tuple[int, int]]) -> float:
+    return float(np.mean([(min(a, b), max(a, b)) in found for a, b, _ in planted])) if planted else float("nan")
+
+
+def cleanlab_filter(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, float]:
+    from cleanlab.filter import find_label_issues
+
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        flags = find_label_issues(labels, probs, n_jobs=1)
+    return flags, time.perf_counter() - t0
+
+
+def oos_features(pop: manyruns.Population) -> np.ndarray:
+    """``(N, F)``: each training example's features from the fold model that held it out."""
+    feats = pop.load("features/train", np.arange(5)).astype(np.float32)  # (5, N, F)
+    mask = pop.load("mask/train", np.arange(5)).astype(bool)
+    out = np.empty(feats.shape[1:], dtype=np.float32)
+    for r in range(5):
+        out[~mask[r]] = feats[r][~mask[r]]
+    return out
+
+
+def datalab_arm(labels: np.ndarray, probs: np.ndarray, feats: np.ndarray, test_feats: np.ndarray) -> dict:
+    from cleanlab import Datalab
+
+    t0 = time.perf_counter()
+    lab = Datalab(data={"label": labels}, label_name="label", verbosity=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lab.find_issues(pred_probs=probs, features=feats, issue_types={"label": {}, "near_duplicate": {}, "outlier": {}})
+    seconds = time.perf_counter() - t0
+    label = lab.get_issues("label")
+    dup = lab.get_issues("near_duplicate")
+    pairs = {(min(i, int(j)), max(i, int(j))) for i, sets in enumerate(dup.near_duplicate_sets) for j in sets}
+    # leaks: the same near-duplicate check over train and test features together
+    N = len(labels)
+    t1 = time.perf_counter()
+    both = Datalab(data={"label": np.concatenate([labels, np.zeros(len(test_feats), dtype=labels.dtype)])}, label_name="label", verbosity=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        both.find_issues(features=np.concatenate([feats, test_feats]), issue_types={"near_duplicate": {}})
+    cross = both.get_issues("near_duplicate").near_duplicate_sets
+    leak_pairs = {(t - N, int(j)) for t in range(N, N + len(test_feats)) for j in cross[t] if int(j) < N}
+    return {
+        "seconds": seconds,
+        "seconds_leaks": time.perf_counter() - t1,
+        "label_flags": label.is_label_issue.to_numpy(),
+        "label_score": label.label_score.to_numpy(),
+        "pairs": pairs,
+        "leak_pairs": leak_pairs,
+    }
+
+
+# ------------------------------------------------------------------------------------ main
+
+
+def one_setting(args, dataset: str, noise: str, seed: int) -> dict:
+    root, plants = planted_dataset(dataset, args.data_dir, args.work, seed, args.dups, args.leaks)
+    ds = load_dataset(dataset, root)
+    prior = np.bincount(ds.y_train, minlength=ds.num_classes) / ds.n_train
+    block, rate = noise_block(noise, ds.num_classes, prior, seed)
+    tag = f"{dataset}-{noise}-s{seed}"
+    runs_max = max(args.runs)
+    cv, cv_seconds = trained(recipe_text(dataset, block, seed, True, 5), args.work / f"{tag}-cv", root, args.workers)
+    pop, pop_seconds = trained(recipe_text(dataset, block, seed, False, runs_max), args.work / f"{tag}-pop", root, args.workers)
+    clean = ds.y_train
+    out: dict = {"dataset": dataset, "noise": noise, "seed": seed, "planted_rate": rate, "training_seconds": {"cv_5_folds": cv_seconds, f"population_{runs_max}": pop_seconds}}
+
+    # arm C: cleanlab on 5-fold cross-validated probabilities and features
+    oos = out_of_sample(cv, cv.select("ok"))
+    noisy = oos.labels
+    truth = noisy != clean
+    out["true_noise_rate"] = float(truth.mean())
+    flags, t_filter = cleanlab_filter(noisy, oos.probs.astype(np.float64))
+    sc = oos.probs[np.arange(len(noisy)), noisy]
+    out["cleanlab_cv"] = {**score_metrics(truth, 1 - sc, flags, None), "seconds_filter": t_filter}
+    feats = oos_features(cv)
+    test_feats = cv.load("features/test", np.arange(1)).astype(np.float32)[0]
+    lab = datalab_arm(noisy, oos.probs.astype(np.float64), feats, test_feats)
+    out["datalab_cv"] = {
+        **score_metrics(truth, 1 - lab["label_score"], lab["label_flags"], None),
+        "seconds": lab["seconds"],
+        "seconds_leaks": lab["seconds_leaks"],
+        "duplicate_recall": pair_recall(plants["train_pairs"], lab["pairs"]),
+        "duplicate_pairs_flagged": len(lab["pairs"]),
+        "leak_recall": float(np.mean([(t, s) in lab["leak_pairs"] for t, s, _ in plants["leaks"]])),
+        "leak_pairs_flagged": len(lab["leak_pairs"]),
+    }
+
+    # arm M: the audit on the first n runs, and cleanlab's filter on the same probabilities
+    out["manyruns"] = {}
+    for n in args.runs:
+        t0 = time.perf_counter()
+        result = audit(pop, runs=n)
+        seconds = time.perf_counter() - t0
+        s = result.summary()
+        quality = np.where(result.scored, result.self_confidence, np.nan)
+        pairs = {(int(a), int(b)) for a, b in result.near_duplicate_pairs()[["a", "b"]].itertuples(index=False)}
+        leaks = result.is_leak
+        entry = {
+            **score_metrics(truth, 1 - quality, result.is_label_issue, s["noise_rate"]),
+            "auroc_normalized_margin": score_metrics(truth, 1 - np.where(result.scored, result.normalized_margin, np.nan), result.is_label_issue, None)["auroc"],
+            "scored": s["scored"],
+            "seconds_audit": seconds,
+            "training_seconds": float(pop.runs.seconds.to_numpy()[result.runs].sum() / args.workers),
+            "duplicate_recall": pair_recall(plants["train_pairs"], pairs),
+            "duplicate_pairs_flagged": len(pairs),
+            "leak_recall": float(np.mean([leaks[t] and result.test_nearest_train[t] == s_ for t, s_, _ in plants["leaks"]])),
+            "leaks_flagged": int(leaks.sum()),
+        }
+        scored = result.scored
+        cl_flags = np.zeros(len(noisy), dtype=bool)
+        cl_flags[scored], _ = cleanlab_filter(noisy[scored], result.probs[scored].astype(np.float64))
+        entry["cleanlab_filter_on_population"] = score_metrics(truth, 1 - quality, cl_flags, None)
+        out["manyruns"][str(n)] = entry
+        print(f"  {tag} n={n}: AP {entry['ap']:.3f} (cleanlab CV {out['cleanlab_cv']['ap']:.3f}), F1 {entry['f1']:.3f} "
+              f"(CV {out['cleanlab_cv']['f1']:.3f}), audit {seconds:.1f} s", flush=True)
+    return out
+
+
+def summarize(results: list[dict]) -> str:
+    """Means and standard deviations over seeds, one table per dataset and noise setting."""
+    lines = []
+    keys = sorted({(r["dataset"], r["noise"]) for r in results})
+    for dataset, noise in keys:
+        group = [r for r in results if (r["dataset"], r["noise"]) == (dataset, noise)]
+        lines += [f"### {dataset}, {noise} ({len(group)} seeds)", "", "| arm | AUROC | AP | precision | recall | F1 | noise est. (true) | dup. recall | leak recall |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+        def row(name, entries):
+            def ms(key):
+                v = np.array([e[key] for e in entries if e.get(key) is not None], dtype=float)
+                return "n/a" if v.size == 0 else f"{v.mean():.3f} +- {v.std(ddof=1) if v.size > 1 else 0:.3f}"
+
+            lines.append(f"| {name} | {ms('auroc')} | {ms('ap')} | {ms('precision')} | {ms('recall')} | {ms('f1')} | {ms('noise_estimated')} ({ms('noise_true')}) | {ms('duplicate_recall')} | {ms('leak_recall')} |")
+
+        row("cleanlab filter, 5-fold CV", [r["cleanlab_cv"] for r in group])
+        row("Datalab, 5-fold CV", [r["datalab_cv"] for r in group])
+        for n in group[0]["manyruns"]:
+            row(f"manyruns audit, {n} runs", [r["manyruns"][n] for r in group])
+            row(f"cleanlab filter on {n}-run probabilities", [r["manyruns"][n]["cleanlab_filter_on_population"] for r in group])
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist (comma-separated)")
+    parser.add_argument("--noise", default="sym-0.05,sym-0.2,cc-0.2")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--runs", default="8,50,200", help="run counts of arm M")
+    parser.add_argument("--dups", type=int, default=100, help="planted duplicate pairs in the training set")
+    parser.add_argument("--leaks", type=int, default=100, help="planted train-to-test copies")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument("--work", type=Path, default=REPO / "runs" / "audit")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "audit")
+    args = parser.parse_args()
+    args.runs = [int(n) for n in args.runs.split(",")]
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    path = args.out / "results.json"
+    results = json.loads(path.read_text()) if path.is_file() else []
+    done = {(r["dataset"], r["noise"], r["seed"]) for r in results}
+    for dataset in args.dataset.split(","):
+        for noise in args.noise.split(","):
+            for seed in (int(s) for s in args.seeds.split(",")):
+                if (dataset, noise, seed) in done:
+                    continue
+                results.append(one_setting(args, dataset, noise, seed))
+                path.write_text(json.dumps(results, indent=1, default=float))  # kept after every setting
+    (args.out / "summary.md").write_text(summarize(results))
+    print(f"wrote {path} and {args.out / 'summary.md'}")
+
+
+if __name__ == "__main__":
+    main()
