@@ -36,6 +36,7 @@ from .confident import ConfidentLearning, confident_learning, normalized_margin,
 from .outofsample import out_of_sample
 
 SCORES = ("self_confidence", "normalized_margin")
+NEIGHBOUR_METHODS = ("projected", "exact")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,7 +47,10 @@ class AuditOptions(KernelOptions):
     neighbours averaged by the outlier score; ``outlier_fraction``: the share of training
     examples flagged as outliers; ``kernel``: run the kernel checks; ``heldout_stats``: add
     memorization and C-scores; ``block_size``: runs read at a time; ``top``: examples of each
-    issue type listed in the summary; and the kernel's options (:class:`~..kernel.KernelOptions`)."""
+    issue type listed in the summary; ``neighbours``: projected (nearest neighbours through a
+    ``dims``-dimensional projection with ``candidates`` exact candidates per example and an
+    exact fallback, :mod:`..kernel_projected`: the nearest neighbour is exact) or exact (the
+    streaming kernel); and the kernel's options (:class:`~..kernel.KernelOptions`)."""
 
     score: str = "self_confidence"
     min_out: int = 1
@@ -58,6 +62,9 @@ class AuditOptions(KernelOptions):
     heldout_stats: bool = True
     block_size: int = 32
     top: int = 24
+    neighbours: str = "projected"
+    dims: int = 64
+    candidates: int = 32
 
     def validate(self) -> None:
         super().validate()
@@ -74,6 +81,9 @@ class AuditOptions(KernelOptions):
         check_choice("heldout_stats", self.heldout_stats, (True, False))
         check_number("block_size", self.block_size, 1, integer=True)
         check_number("top", self.top, 0, integer=True)
+        check_choice("neighbours", self.neighbours, NEIGHBOUR_METHODS)
+        check_number("dims", self.dims, 1, integer=True)
+        check_number("candidates", self.candidates, 1, integer=True)
 
     def kernel_options(self, queries: str, k: int) -> NeighbourOptions:
         names = ("runs", "log_softmax", "classes", "precision", "device", "memory_gib", "block_runs", "tile")
@@ -321,13 +331,39 @@ def audit(pop: Population, options: AuditOptions | None = None, labels: np.ndarr
         result.memorization = memorization(pop, runs=runs).estimate
         result.cscore = cscore(pop, runs=runs, learning_speed=False).cscore
     if options.kernel:
-        train = stored_or_computed(pop, options.kernel_options("train", max(options.outlier_k, 1)))
-        result.nearest_train = train.indices[:, 0]
-        result.kernel = train.values[:, 0]
-        result.outlier_score = 1.0 - train.values[:, : options.outlier_k].astype(np.float64).mean(1)
-        if "logits/test" in pop.arrays:
-            test = stored_or_computed(pop, options.kernel_options("test", 1))
-            result.test_nearest_train = test.indices[:, 0]
-            result.test_kernel = test.values[:, 0]
-            result.test_labels = pop.targets("test")
+        _kernel_checks(pop, runs, options, result)
     return result
+
+
+def _kernel_checks(pop: Population, runs: np.ndarray, options: AuditOptions, result: AuditResult) -> None:
+    """Nearest training neighbours of every training and test example by the kernel."""
+    from ..kernel import PopulationLogits
+    from ..kernel_projected import projected_topk, standardized
+
+    k = max(options.outlier_k, 1)
+    has_test = "logits/test" in pop.arrays
+    layout = pop.layout
+    classes = len(options.classes) if options.classes is not None else int(layout["num_classes"])
+    n = int(layout["n_train"]) + (int(layout["n_test"]) if has_test else 0)
+    in_memory = 3 * 4 * n * runs.size * classes  # Z of both splits, and one split's values while it is built
+    if options.neighbours == "projected" and in_memory <= options.memory_gib * 2**30:
+        source = PopulationLogits(pop, runs, ("train", "test") if has_test else ("train",))
+        Zt = standardized(source, "train", options)
+        train = projected_topk(Zt, None, k, options.dims, options.candidates)
+        test = projected_topk(Zt, standardized(source, "test", options), 1, options.dims, options.candidates) if has_test else None
+        result.notes.extend(
+            f"{name} neighbours through a {nb.dims}-dimensional projection: nearest exact for all, "
+            f"{100 * nb.certified_k.mean():.1f}% of the top-{nb.values.shape[1]} certified, {nb.exact_rows:,} queries computed exactly"
+            for name, nb in (("train", train), ("test", test))
+            if nb is not None
+        )
+    else:
+        train = stored_or_computed(pop, options.kernel_options("train", k))
+        test = stored_or_computed(pop, options.kernel_options("test", 1)) if has_test else None
+    result.nearest_train = train.indices[:, 0]
+    result.kernel = train.values[:, 0]
+    result.outlier_score = 1.0 - train.values[:, : options.outlier_k].astype(np.float64).mean(1)
+    if test is not None:
+        result.test_nearest_train = test.indices[:, 0]
+        result.test_kernel = test.values[:, 0]
+        result.test_labels = pop.targets("test")
