@@ -136,7 +136,7 @@ def trained(recipe: str, store: Path, data_root: Path, workers: int) -> tuple[ma
     """The store trained to the end (resumed if it exists), and its training time: the runs'
     seconds over the workers."""
     if not (store / "zarr.json").is_file():
-        path = store.with_suffix(".toml")
+        path = store.parent / (store.name + ".toml")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(recipe)
         manyruns.plan(path, store, data_root)

@@ -1,0 +1,93 @@
+"""Speed of the audit on a trained population: each stage, the projected kernel neighbours
+against the exact streaming kernel (the baseline, measured in the same run) and the floor.
+
+Stages, each timed on its own: the out-of-sample probabilities (reading every run's train
+logits and masks), confident learning, memorization and C-scores, and the kernel neighbours
+(train queries with the top ``outlier_k``, test queries with the nearest). The baseline is
+the exact kernel (``neighbours="exact"``); the floor is the projected method's FLOPs (the
+projection, the bounds, the candidates) over the float32 GEMM rate measured in the same run.
+Also cleanlab's ``find_label_issues`` on the same probabilities, when cleanlab is installed.
+
+    python benchmarks/bench_audit.py STORE [--runs 8,50,200] [--json benchmarks/results/audit.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, gemm_rate, machine, peak_rss_gb  # noqa: E402
+
+import manyruns  # noqa: E402
+from manyruns.analysis.audit import AuditOptions, audit, confident_learning, out_of_sample  # noqa: E402
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("store")
+    parser.add_argument("--runs", default="8,50,200")
+    parser.add_argument("--skip-exact", action="store_true", help="skip the exact-kernel baseline")
+    parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "audit.json")
+    args = parser.parse_args()
+    import torch
+
+    pop = manyruns.open(args.store)
+    rate = gemm_rate(torch.float32)
+    info = machine()
+    print(f"machine: {info}; float32 GEMM {rate / 1e9:.0f} GFLOP/s")
+    N, T, C = (int(pop.layout[k]) for k in ("n_train", "n_test", "num_classes"))
+    results = {"machine": info, "gemm_float32": rate, "store": str(args.store), "n_train": N, "n_test": T, "cases": {}}
+    for n in (int(x) for x in args.runs.split(",")):
+        runs = pop.select("ok")[:n]
+        case: dict = {"runs": int(runs.size)}
+        oos, case["out_of_sample_s"] = timed(lambda: out_of_sample(pop, runs))
+        scored = oos.n_out > 0
+        _, case["confident_learning_s"] = timed(lambda: confident_learning(oos.probs[scored].astype(np.float64), oos.labels[scored]))
+        try:
+            from cleanlab.filter import find_label_issues
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                _, case["cleanlab_filter_s"] = timed(lambda: find_label_issues(oos.labels[scored], oos.probs[scored].astype(np.float64), n_jobs=1))
+        except ImportError:
+            case["cleanlab_filter_s"] = None
+        base = AuditOptions(runs=runs, heldout_stats=False)
+        full, case["audit_s"] = timed(lambda: audit(pop, base))
+        _, case["audit_with_heldout_stats_s"] = timed(lambda: audit(pop, base.replace(heldout_stats=True)))
+        _, case["audit_no_kernel_s"] = timed(lambda: audit(pop, base.replace(kernel=False)))
+        case["kernel_projected_s"] = case["audit_s"] - case["audit_no_kernel_s"]
+        case["notes"] = full.notes
+        D = runs.size * C
+        d, m = base.dims, base.candidates
+        flops = 2 * N * D * d * 6 + 2 * (N + T) * N * d + 2 * (N + T) * m * D  # svd_lowrank (~3 products of 2 passes), bounds, candidates
+        case["floor_projected_s"] = flops / rate
+        if not args.skip_exact:
+            exact, t_exact = timed(lambda: audit(pop, base.replace(neighbours="exact", kernel=True)))
+            case["kernel_exact_s"] = t_exact - case["audit_no_kernel_s"]
+            case["speedup_projected_vs_exact"] = case["kernel_exact_s"] / case["kernel_projected_s"]
+            case["nearest_equal"] = float(np.mean(exact.nearest_train == full.nearest_train))
+            case["nearest_value_max_abs_diff"] = float(np.max(np.abs(exact.kernel - full.kernel)))
+            case["outlier_score_max_abs_diff"] = float(np.max(np.abs(exact.outlier_score - full.outlier_score)))
+        case["peak_rss_gb"] = peak_rss_gb()
+        results["cases"][str(n)] = case
+        print(json.dumps(case, indent=1, default=float), flush=True)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2, default=float))
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
