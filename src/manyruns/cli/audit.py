@@ -31,8 +31,8 @@ def audit(
     runs: str = runs_option(),
     score: str = typer.Option("self_confidence", help="Label-quality score: self_confidence or normalized_margin."),
     min_out: int = typer.Option(1, "--min-out", help="Held-out runs an example needs to be scored."),
-    near_duplicate: float = typer.Option(0.95, "--near-duplicate", help="Kernel value at or above which two training examples are near-duplicates."),
-    leak: float = typer.Option(0.95, "--leak", help="Kernel value at or above which a test example and its nearest training example are a leak."),
+    near_duplicate: float = typer.Option(0.98, "--near-duplicate", help="Correlation (kernel over its largest value (R-1)/R) at or above which two training examples are near-duplicates."),
+    leak: float = typer.Option(0.98, "--leak", help="Correlation at or above which a test example and its nearest training example are a leak."),
     outlier_k: int = typer.Option(10, "--outlier-k", help="Kernel neighbours averaged by the outlier score."),
     outlier_fraction: float = typer.Option(0.01, "--outlier-fraction", help="Share of training examples flagged as outliers."),
     no_kernel: bool = typer.Option(False, "--no-kernel", help="Skip the kernel checks (near-duplicates, leaks, outliers)."),
@@ -84,11 +84,11 @@ def audit(
             ]
         if "near_duplicates" in s:
             d, o = s["near_duplicates"], s["outliers"]
-            lines.append(f"  near-duplicates (kernel >= {d['threshold']}): {d['pairs']:,} pairs ({d['pairs_with_different_labels']:,} with different labels)")
+            lines.append(f"  near-duplicates (correlation >= {d['threshold']}): {d['pairs']:,} pairs ({d['pairs_with_different_labels']:,} with different labels)")
             lines.append(f"  outliers: {o['count']:,} flagged (outlier score 99%: {number(o['score']['quantiles']['99%'])})")
         if "leaks" in s:
             lk = s["leaks"]
-            lines.append(f"  train/test leaks (kernel >= {lk['threshold']}): {lk['count']:,} test examples ({lk['with_different_labels']:,} with a different label)")
+            lines.append(f"  train/test leaks (correlation >= {lk['threshold']}): {lk['count']:,} test examples ({lk['with_different_labels']:,} with a different label)")
         return lines
 
     emit(result, pop, as_json=as_json, csv=csv, text=text, files=files)

@@ -8,14 +8,17 @@ Per training example ``i`` (``N`` of them, ``C`` classes):
   (:mod:`.confident`), and the suggested label ``argmax_c p(i, c)``. Examples held out by fewer
   than ``min_out`` runs get NaN scores, no flag, and are counted as ``not_scored``;
 * **memorization and C-score** (:mod:`..heldout`) where the runs hold examples out;
-* with the ensemble kernel ``K`` over all selected runs (:mod:`..kernel`): the nearest other
-  training example ``j = argmax_{j != i} K(i, j)``, the near-duplicate flag ``K(i, j) >=
-  near_duplicate``, and the **outlier score** ``1 - mean of the outlier_k largest K(i, .)``
-  (an example the runs treat like no other), flagged for the ``outlier_fraction`` largest.
+* with the ensemble kernel ``K`` over all ``R`` selected runs (:mod:`..kernel`): the nearest
+  other training example ``j = argmax_{j != i} K(i, j)`` and its **correlation**
+  ``rho(i) = K(i, j) R / (R - 1)`` (the kernel's largest possible value is ``(R - 1) / R``, so
+  ``rho`` is the mean Pearson correlation across runs, at most 1 whatever ``R``); the
+  near-duplicate flag ``rho(i) >= near_duplicate``; and the **outlier score** ``1 - mean of the
+  outlier_k largest K(i, .)`` (an example the runs treat like no other), flagged for the
+  ``outlier_fraction`` largest.
 
-Per test example ``t``: its nearest training example by ``K`` and the **leak** flag ``K(t, j) >=
-leak``. Kernel values depend on the number of runs (two runs give +-1): the thresholds' defaults
-are for populations of about 50 runs or more (see docs/audit.md for how they were chosen).
+Per test example ``t``: its nearest training example by ``K`` and the **leak** flag
+``rho(t) >= leak``. With few runs the correlations of unrelated examples are noisy and high;
+the defaults (0.98) were chosen on planted copies (docs/audit.md).
 
 Memory: the probabilities ``(N, C)`` in float64 and the kernel's own budget (``memory_gib``).
 """
@@ -42,7 +45,7 @@ NEIGHBOUR_METHODS = ("projected", "exact")
 @dataclass(frozen=True, kw_only=True)
 class AuditOptions(KernelOptions):
     """``score``: the label-quality score (self_confidence or normalized_margin); ``min_out``:
-    held-out runs an example needs to be scored; ``near_duplicate``, ``leak``: kernel values at
+    held-out runs an example needs to be scored; ``near_duplicate``, ``leak``: correlations at
     or above which a train pair is a near-duplicate and a test example a leak; ``outlier_k``:
     neighbours averaged by the outlier score; ``outlier_fraction``: the share of training
     examples flagged as outliers; ``kernel``: run the kernel checks; ``heldout_stats``: add
@@ -54,8 +57,8 @@ class AuditOptions(KernelOptions):
 
     score: str = "self_confidence"
     min_out: int = 1
-    near_duplicate: float = 0.95
-    leak: float = 0.95
+    near_duplicate: float = 0.98
+    leak: float = 0.98
     outlier_k: int = 10
     outlier_fraction: float = 0.01
     kernel: bool = True
@@ -129,7 +132,21 @@ class AuditResult(Result):
     def is_near_duplicate(self) -> np.ndarray:
         if self.kernel is None:
             return np.zeros(self.labels.size, dtype=bool)
-        return self.kernel >= self.options.near_duplicate
+        return self.correlation >= self.options.near_duplicate
+
+    @property
+    def _scale(self) -> float:
+        R = self.run_count
+        return R / (R - 1) if R > 1 else 1.0
+
+    @property
+    def correlation(self) -> np.ndarray | None:
+        """``(N,)``: the nearest training example's kernel value over its largest possible value."""
+        return None if self.kernel is None else self.kernel.astype(np.float64) * self._scale
+
+    @property
+    def test_correlation(self) -> np.ndarray | None:
+        return None if self.test_kernel is None else self.test_kernel.astype(np.float64) * self._scale
 
     @property
     def is_outlier(self) -> np.ndarray:
@@ -143,11 +160,11 @@ class AuditResult(Result):
 
     @property
     def is_leak(self) -> np.ndarray | None:
-        return None if self.test_kernel is None else self.test_kernel >= self.options.leak
+        return None if self.test_kernel is None else self.test_correlation >= self.options.leak
 
     def near_duplicate_pairs(self) -> pd.DataFrame:
         """Distinct training pairs ``(a, b)``, ``a < b``, where one is the other's nearest example
-        with a kernel value at least ``near_duplicate``, most similar first."""
+        with a correlation at least ``near_duplicate``, most similar first."""
         if self.kernel is None:
             return pd.DataFrame({"a": [], "b": [], "kernel": [], "label_a": [], "label_b": []})
         i = np.flatnonzero(self.is_near_duplicate)
@@ -174,6 +191,7 @@ class AuditResult(Result):
             "nearest_train": np.full(n, -1) if self.nearest_train is None else self.nearest_train,
             "kernel": missing if self.kernel is None else self.kernel.astype(np.float64),
             "is_near_duplicate": self.is_near_duplicate,
+            "correlation": missing if self.kernel is None else self.correlation,
             "self_confidence": np.where(scored, self.self_confidence, np.nan),
             "normalized_margin": np.where(scored, self.normalized_margin, np.nan),
             "prob_label": np.where(scored, self.probs[np.arange(n), self.labels], np.nan),
@@ -188,7 +206,7 @@ class AuditResult(Result):
     def test_table(self) -> pd.DataFrame:
         """One row per test example: its nearest training example by the kernel and the leak flag."""
         if self.test_kernel is None:
-            return pd.DataFrame({"index": [], "label": [], "nearest_train": [], "train_label": [], "kernel": [], "is_leak": []})
+            return pd.DataFrame({"index": [], "label": [], "nearest_train": [], "train_label": [], "kernel": [], "correlation": [], "is_leak": []})
         return pd.DataFrame(
             {
                 "index": np.arange(self.test_kernel.size),
@@ -196,6 +214,7 @@ class AuditResult(Result):
                 "nearest_train": self.test_nearest_train,
                 "train_label": self.labels[self.test_nearest_train],
                 "kernel": self.test_kernel.astype(np.float64),
+                "correlation": self.test_correlation,
                 "is_leak": self.is_leak,
             }
         )
