@@ -81,6 +81,13 @@ def _ordered(values: torch.Tensor, index: torch.Tensor, k: int) -> tuple[torch.T
     return values.gather(1, order), index.gather(1, order)
 
 
+def _with_residual(Z: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    """``(N, d + 1)``: the projection ``Z V`` and the norm of what it leaves out."""
+    P = Z @ V
+    residual = (Z.square().sum(1) - P.square().sum(1)).clamp_min(0).sqrt()
+    return torch.cat([P, residual[:, None]], 1).contiguous()
+
+
 def projected_topk(
     Zt: torch.Tensor,
     Zq: torch.Tensor | None,
@@ -100,16 +107,15 @@ def projected_topk(
     m = max(k, min(candidates, N - (1 if same else 0)))
     torch.manual_seed(seed)
     _, _, V = torch.svd_lowrank(Zt, q=d, niter=2)  # (D, d)
-    Pt = Zt @ V
-    Pq = Pt if same else Zq @ V
-    et = (Zt.square().sum(1) - Pt.square().sum(1)).clamp_min(0).sqrt()
-    eq = et if same else (Zq.square().sum(1) - Pq.square().sum(1)).clamp_min(0).sqrt()
+    # [P_a, |E_a|] . [P_b, |E_b|] is the bound U(a, b): one product per tile
+    At = _with_residual(Zt, V)
+    Aq = At if same else _with_residual(Zq, V)
     indices = torch.empty(Nq, k, dtype=torch.int64)
     values = torch.empty(Nq, k)
     bound = torch.empty(Nq)
     for q0 in range(0, Nq, tile):
         q1 = min(Nq, q0 + tile)
-        ub = torch.addmm(torch.outer(eq[q0:q1], et), Pq[q0:q1], Pt.T)  # (q, N) upper bounds
+        ub = Aq[q0:q1] @ At.T  # (q, N) upper bounds
         if same:
             ub[torch.arange(q1 - q0), torch.arange(q0, q1)] = -math.inf
         ubm, cand = torch.topk(ub, m, dim=1)  # (q, m)
