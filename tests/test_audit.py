@@ -199,12 +199,18 @@ def test_command_line_outputs(noisy, tmp_path):
     assert table.is_label_issue.sum() == summary["n_label_issues"]
     assert len(pd.read_csv(test_csv)) == noisy.layout["n_test"]
     assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    bad = run("audit", str(noisy.path), "--near-duplicate", "2")
-    assert bad.returncode == 2 and "--near-duplicate must be a kernel value" in bad.stderr
+    # bad input, in process (the subprocess above checked the real entry point)
+    from typer.testing import CliRunner
+
+    from manyruns.cli import app
+
+    runner = CliRunner()
+    bad = runner.invoke(app, ["audit", str(noisy.path), "--near-duplicate", "2"])
+    assert bad.exit_code == 2 and "--near-duplicate must be a kernel value" in bad.output
     labels = tmp_path / "labels.npy"
     np.save(labels, np.zeros(5, dtype=np.int64))
-    bad = run("audit", str(noisy.path), "--labels", str(labels), "--no-kernel")
-    assert bad.returncode == 2 and "labels: expected one label per training example" in bad.stderr
+    bad = runner.invoke(app, ["audit", str(noisy.path), "--labels", str(labels), "--no-kernel"])
+    assert bad.exit_code == 2 and "labels: expected one label per training example" in bad.output
 
 
 def test_store_without_heldout_runs_still_gets_kernel_checks(tmp_path):
@@ -230,5 +236,9 @@ def test_store_without_logits_is_refused(tmp_path):
     manyruns.train(store, executor="serial", progress=False)
     with pytest.raises(NotApplicableError, match="needs logits/train"):
         audit(manyruns.open(store))
-    result = run("audit", str(store))
-    assert result.returncode == 2 and "logits/train" in result.stderr
+    from typer.testing import CliRunner
+
+    from manyruns.cli import app
+
+    result = CliRunner().invoke(app, ["audit", str(store)])
+    assert result.exit_code == 2 and "logits/train" in result.output

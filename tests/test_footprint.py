@@ -9,12 +9,13 @@ import sys
 import textwrap
 
 import pytest
+from typer.testing import CliRunner
 
+import manyruns
+from manyruns.cli import app
 from manyruns.models.architectures import count_parameters, create_model
 from manyruns.recipe import Recipe
 from manyruns.training.footprint import _mem_available, activation_bytes, check_fits, estimate_bytes
-
-from .test_cli import run
 
 CNN_RECIPE = """
 name = "cnn"
@@ -96,11 +97,12 @@ def test_train_refuses_a_batch_that_cannot_fit_before_claiming_anything(tmp_path
         f"widths = [{width}]\n[training]\nepochs = 1\nbatch_size = 100000\n[population]\nruns = 2\n"
     )
     store = tmp_path / "s"
-    assert run("plan", str(path), str(store)).returncode == 0
-    result = run("train", str(store), "--workers", "1")
-    assert result.returncode == 2, result.stderr
-    line = result.stderr.strip().splitlines()[-1]
+    manyruns.plan(path, store)
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", str(store), "--workers", "1"])
+    assert result.exit_code == 2, result.output
+    line = result.output.strip().splitlines()[-1]
     assert "training.batch_size" in line and "GiB per worker on cpu" in line and "lower training.batch_size" in line
-    status = json.loads(run("status", str(store), "--json").stdout)
+    status = json.loads(runner.invoke(app, ["status", str(store), "--json"]).stdout)
     assert status["committed"] == 0 and status["failed"] == 0 and status["running"] == 0
     assert not (store / "claims").exists() or not any((store / "claims").iterdir())
