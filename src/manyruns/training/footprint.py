@@ -129,8 +129,12 @@ def _mem_available() -> int | None:
 
 def check_fits(recipe: Recipe, layout: dict, device: str, workers: int, group_size: int, strategy: str) -> int:
     """Raise a :class:`RecipeError` naming ``training.batch_size`` when one worker's estimate
-    exceeds its share of the device; return the estimate in bytes."""
-    need = estimate_bytes(recipe, layout, group_size, strategy, device.startswith("cuda"))
+    exceeds its share of the device; return the estimate in bytes (0 when a network cannot be
+    run on shape-only tensors: then nothing is checked)."""
+    try:
+        need = estimate_bytes(recipe, layout, group_size, strategy, device.startswith("cuda"))
+    except (NotImplementedError, RuntimeError):  # a layer that shape-only tensors cannot run: no estimate, no check
+        return 0
     have, where = available_bytes(device, workers)
     if have and need > have:
         runs = f"{group_size} networks" if group_size > 1 else "one network"
