@@ -19,7 +19,7 @@ def main() -> None:
     k = json.loads((out / "kernel" / "results.json").read_text())
     h = json.loads((out / "results.json").read_text())
     e = k["ensemble"]
-    print(f"Single run: {pct(e['mean_accuracy'])} +- {100 * e['std_accuracy']:.2f} over {e['runs']} runs; ensemble of all by logits {pct(e['ensemble_accuracy'])}, by probabilities {pct(e['ensemble_prob_accuracy'])}.\n")
+    print(f"Single run: {pct(e['mean_accuracy'])} +- {100 * e['std_accuracy']:.2f} over {len(e['runs']) if isinstance(e['runs'], list) else e['runs']} runs; ensemble of all by logits {pct(e['ensemble_accuracy'])}, by probabilities {pct(e['ensemble_prob_accuracy'])}.\n")
     print("| runs n | ensemble (mean logits) | k-NN k=3, log-softmax | k-NN top-20 weighted (K^4), log-softmax | k-NN k=3, raw logits | weighted, raw logits |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in k["knn_by_runs"]:
