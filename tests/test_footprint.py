@@ -12,7 +12,8 @@ import manyruns
 from manyruns.cli import app
 from manyruns.models.architectures import count_parameters, create_model
 from manyruns.recipe import Recipe
-from manyruns.training.footprint import _mem_available, activation_bytes, check_fits, estimate_bytes
+from manyruns.analysis.interpolation.memory import available_memory
+from manyruns.training.footprint import activation_bytes, check_fits, estimate_bytes
 
 CNN_RECIPE = """
 name = "cnn"
@@ -76,14 +77,14 @@ def test_estimate_grows_with_the_group_and_the_share_shrinks_with_workers():
     one, four = (estimate_bytes(recipe, layout, g, "loop") for g in (1, 4))
     assert four > one > (50000 + 10000) * 3072 * 4
     check_fits(recipe, layout, "cpu", 1, 1, "loop")  # fits on any machine that runs the suite
-    free = _mem_available()
+    free = available_memory()
     workers = int(2 * free // one) + 1
     with pytest.raises(ValueError, match=r"training\.batch_size.*GiB per worker on cpu.*for \d+ workers"):
         check_fits(recipe, layout, "cpu", workers, 1, "loop")
 
 
 def test_train_refuses_a_batch_that_cannot_fit_before_claiming_anything(tmp_path, write_recipe):
-    free = _mem_available()
+    free = available_memory()
     # an MLP on digits wide enough that its full-batch activations need twice the free memory
     recipe = Recipe.from_toml(
         'name = "wide"\n[data]\ndataset = "digits"\n[model]\nkind = "mlp"\nwidths = [1000]\n'

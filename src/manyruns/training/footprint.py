@@ -31,10 +31,10 @@ recipe within a factor of about two of the limit may pass the check and still ru
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 
+from ..analysis.interpolation.memory import available_memory
 from ..recipe import Recipe, RecipeError
 
 GiB = 1 << 30
@@ -109,24 +109,8 @@ def available_bytes(device: str, workers: int) -> tuple[int, str]:
         total = torch.cuda.get_device_properties(index).total_memory
         name = f"{device if ':' in device else 'cuda:0'} has {total / GiB:.1f} GiB"
         return total // per_gpu, name + (f" shared by {per_gpu} workers" if per_gpu > 1 else "")
-    free = _mem_available()
-    if free is None:
-        return 0, ""
+    free = available_memory()
     return free // workers, f"this machine has {free / GiB:.1f} GiB available" + (f" for {workers} workers" if workers > 1 else "")
-
-
-def _mem_available() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def check_fits(recipe: Recipe, layout: dict, device: str, workers: int, group_size: int, strategy: str) -> int:
