@@ -37,26 +37,7 @@ import manyruns  # noqa: E402
 from manyruns.analysis.heldout import cscore, influence, memorization, spearman  # noqa: E402
 from manyruns.report.heldout import extremes_grid, influence_grid  # noqa: E402
 
-from common import REPO, default_data_dir, histogram, memorization_stability_curve, plot_stability, train_to, write_json  # noqa: E402
-
-
-def plot_speed(speed: np.ndarray, score: np.ndarray, rho: float, path: Path, sample: int = 5000, seed: int = 0) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ok = np.flatnonzero(np.isfinite(score) & np.isfinite(speed))
-    pick = np.random.default_rng(seed).choice(ok, size=min(sample, ok.size), replace=False)
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    ax.scatter(speed[pick], score[pick] + np.random.default_rng(seed + 1).uniform(-0.01, 0.01, pick.size), s=2, alpha=0.3)
-    ax.set_xlabel("learning-speed proxy (mean label probability over epochs)")
-    ax.set_ylabel("C-score at 50% (jittered)")
-    ax.set_title(f"Spearman {rho:.3f} ({ok.size:,} examples; {pick.size:,} shown)", fontsize=9)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+from common import REPO, default_data_dir, histogram, memorization_stability_curve, plot_speed, plot_stability, train_to, write_json  # noqa: E402
 
 
 def main() -> None:
@@ -109,7 +90,7 @@ def main() -> None:
     extremes_grid(est, labels, data.x_train, classes, args.out / "mem_grid.png", "mem", per_class=8)
     influence_grid(infl.top_index, infl.top_value, data.x_test, data.y_test, data.x_train, labels, classes, args.out / "infl_grid.png", rows=12)
     histogram(cs.cscore, args.out / "cscore_hist.png", "C-score (held-out accuracy at 50%)", note)
-    plot_speed(cs.learning_speed, cs.cscore, cs.learning_speed_spearman, args.out / "cscore_speed.png")
+    plot_speed(cs.learning_speed, cs.cscore, cs.learning_speed_spearman, args.out / "cscore_speed.png", ylabel="C-score at 50% (jittered)", jitter=0.01)
     # with ~32 held-out runs per example many C-scores tie at 0 and 1: the learning-speed proxy
     # breaks the ties (the grid shows the C-score itself)
     ranked = cs.cscore + 1e-3 * np.nan_to_num(cs.learning_speed, nan=0.0)

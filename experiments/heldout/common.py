@@ -127,3 +127,25 @@ def write_json(obj: dict, path: Path) -> None:
         return x
 
     path.write_text(json.dumps(clean(obj), indent=2))
+
+
+def plot_speed(speed: np.ndarray, score: np.ndarray, rho: float, path: Path, ylabel: str = "C-score", jitter: float = 0.0, sample: int = 5000, seed: int = 0) -> None:
+    """The learning-speed proxy against a score, for a sample of examples; ``jitter`` spreads
+    scores that take few values (few held-out runs) for the eye."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = np.flatnonzero(np.isfinite(score) & np.isfinite(speed))
+    pick = np.random.default_rng(seed).choice(ok, size=min(sample, ok.size), replace=False)
+    shown = score[pick] + (np.random.default_rng(seed + 1).uniform(-jitter, jitter, pick.size) if jitter else 0.0)
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.scatter(speed[pick], shown, s=2, alpha=0.4)
+    ax.set_xlabel("learning-speed proxy")
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"Spearman {rho:.3f} ({ok.size:,} examples; {pick.size:,} shown)", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)

@@ -27,7 +27,7 @@ import manyruns
 from manyruns.analysis.heldout import cscore, spearman
 from manyruns.report.heldout import extremes_grid
 
-from common import REPO, default_data_dir, histogram, train_to, write_json
+from common import REPO, default_data_dir, histogram, plot_speed, train_to, write_json
 
 
 def plot_ratios(result, labels: np.ndarray, class_names: list[str], path: Path) -> None:
@@ -57,25 +57,6 @@ def plot_ratios(result, labels: np.ndarray, class_names: list[str], path: Path) 
     plt.close(fig)
 
 
-def plot_speed(result, path: Path, sample: int = 5000, seed: int = 0) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ok = np.flatnonzero(np.isfinite(result.cscore) & np.isfinite(result.learning_speed))
-    pick = np.random.default_rng(seed).choice(ok, size=min(sample, ok.size), replace=False)
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    ax.scatter(result.learning_speed[pick], result.cscore[pick], s=2, alpha=0.4)
-    ax.set_xlabel("learning-speed proxy")
-    ax.set_ylabel("C-score")
-    ax.set_title(f"Spearman {result.learning_speed_spearman:.3f} ({ok.size:,} examples; {pick.size:,} shown)", fontsize=9)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--store", type=Path, required=True)
@@ -100,7 +81,7 @@ def main() -> None:
     labels = data.y_train
     plot_ratios(result, labels, list(data.classes), args.out / "cscore_ratios.png")
     histogram(result.cscore, args.out / "cscore_hist.png", "C-score", f"Fashion-MNIST, {runs.size} runs over 9 ratios", log=True)
-    plot_speed(result, args.out / "cscore_speed.png")
+    plot_speed(result.learning_speed, result.cscore, result.learning_speed_spearman, args.out / "cscore_speed.png")
     extremes_grid(result.cscore, labels, data.x_train, list(data.classes), args.out / "cscore_grid.png", "C", per_class=8, high_color="tab:green", low_color="tab:red")
     per_ratio_speed = {f"{r:g}": spearman(result.learning_speed, v)[0] for r, v in zip(result.ratios, result.per_ratio)}
     summary = result.summary(top=20)
