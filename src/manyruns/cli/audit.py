@@ -36,7 +36,7 @@ def audit(
     outlier_k: int = typer.Option(10, "--outlier-k", help="Kernel neighbours averaged by the outlier score."),
     outlier_fraction: float = typer.Option(0.01, "--outlier-fraction", help="Share of training examples flagged as outliers."),
     no_kernel: bool = typer.Option(False, "--no-kernel", help="Skip the kernel checks (near-duplicates, leaks, outliers)."),
-    neighbours: str = typer.Option("projected", "--neighbours", help="Kernel neighbours: projected (certified low-rank search, nearest exact) or exact (the streaming kernel)."),
+    neighbours: str = typer.Option("projected", "--neighbours", help="Kernel neighbours: projected (exact scan for few runs, else a sketch re-ranked by exact values) or exact (the streaming kernel)."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="A .npy array of the labels to audit (default: the labels the runs trained with)."),
     csv: Optional[Path] = csv_option("CSV, one row per training example: index,label,suggested_label,label_quality,is_label_issue,n_out,nearest_train,kernel,is_near_duplicate,..."),
     test_csv: Optional[Path] = typer.Option(None, "--test-csv", help="CSV, one row per test example: index,label,nearest_train,train_label,kernel,is_leak."),
