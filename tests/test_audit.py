@@ -242,3 +242,18 @@ def test_store_without_logits_is_refused(tmp_path):
 
     result = CliRunner().invoke(app, ["audit", str(store)])
     assert result.exit_code == 2 and "logits/train" in result.output
+
+
+def test_preloaded_reads_equal_the_store(noisy):
+    pop = noisy
+    runs = pop.select("ok")[[3, 5, 6, 10]]
+    view = pop.preloaded(("logits/train", "mask/train", "absent/array"), runs)
+    for name in ("logits/train", "mask/train"):
+        for ask in (runs, runs[::-1], runs[1:3], np.array([runs[0], 0])):  # the last: run 0 is not kept
+            np.testing.assert_array_equal(view.read(name, ask), pop.read(name, ask))
+    np.testing.assert_array_equal(view.read("logits/test", runs), pop.read("logits/test", runs))  # not kept
+    np.testing.assert_array_equal(view.committed, pop.committed)
+    # the audit through the view gives what it gives through the store
+    a = audit(pop, runs=12, kernel=False)
+    b = audit(view, runs=12, kernel=False)
+    np.testing.assert_array_equal(a.probs, b.probs)

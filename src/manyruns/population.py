@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -148,8 +148,35 @@ class Population:
 
         return store_dataset(self.store, data_dir)
 
+    def preloaded(self, names: Iterable[str], runs: np.ndarray) -> Population:
+        """A view of this population for an analysis that passes over the same runs several
+        times: arrays ``names`` are read once for ``runs`` and kept in memory (the caller checks
+        their size), and which runs are committed is read once. Other reads go to the store."""
+        return _Preloaded(self.store, names, runs)
+
     def __repr__(self) -> str:
         return f"Population({str(self.path)!r}, runs={self.num_runs}, committed={int(self.committed.sum())})"
+
+
+class _Preloaded(Population):
+    """See :meth:`Population.preloaded`."""
+
+    def __init__(self, store: Store, names: Iterable[str], runs: np.ndarray):
+        super().__init__(store)
+        runs = np.asarray(runs, dtype=np.int64)
+        self._committed = store.committed()
+        self._position = {int(r): i for i, r in enumerate(runs)}
+        self._cache = {name: store.read_rows(name, runs) for name in names if name in self.arrays}
+
+    @property
+    def committed(self) -> np.ndarray:
+        return self._committed.copy()
+
+    def read(self, name: str, runs: np.ndarray) -> np.ndarray:
+        cached = self._cache.get(name)
+        if cached is not None and all(int(r) in self._position for r in runs):
+            return cached[[self._position[int(r)] for r in runs]]
+        return super().read(name, runs)
 
 
 def open(path: str | os.PathLike) -> Population:  # noqa: A001 - mirrors builtins.open on purpose

@@ -20,7 +20,9 @@ Per test example ``t``: its nearest training example by ``K`` and the **leak** f
 ``rho(t) >= leak``. With few runs the correlations of unrelated examples are noisy and high;
 the defaults (0.98) were chosen on planted copies (docs/audit.md).
 
-Memory: the probabilities ``(N, C)`` in float64 and the kernel's own budget (``memory_gib``).
+Memory: the selected runs' logits, masks and labels as stored when they fit in half of
+``memory_gib`` (read once for every check; else read again by each), the probabilities
+``(N, C)`` in float64 and the kernel's own budget (``memory_gib``).
 """
 
 from __future__ import annotations
@@ -310,6 +312,7 @@ def audit(pop: Population, options: AuditOptions | None = None, labels: np.ndarr
     ``(N,)`` (default: the labels the runs trained with)."""
     options = options_of(AuditOptions, options, fields)
     runs = pop.select(options.runs)
+    pop = _read_once(pop, runs, options)
     layout = pop.layout
     N, C = int(layout["n_train"]), int(layout["num_classes"])
     given = None if labels is None else _given_labels(labels, N, C)
@@ -352,6 +355,16 @@ def audit(pop: Population, options: AuditOptions | None = None, labels: np.ndarr
     if options.kernel:
         _kernel_checks(pop, runs, options, result)
     return result
+
+
+PRELOADED = ("logits/train", "logits/test", "mask/train", "labels/train")
+
+
+def _read_once(pop: Population, runs: np.ndarray, options: AuditOptions) -> Population:
+    """The out-of-sample probabilities, memorization, C-scores and the kernel each pass over the
+    runs' logits: read them once when they fit in half the memory budget."""
+    size = sum(runs.size * int(np.prod(pop.array(n).shape[1:])) * pop.array(n).dtype.itemsize for n in PRELOADED if n in pop.arrays)
+    return pop.preloaded(PRELOADED, runs) if size <= options.memory_gib * 2**30 / 2 else pop
 
 
 def _kernel_checks(pop: Population, runs: np.ndarray, options: AuditOptions, result: AuditResult) -> None:
