@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,3 +56,13 @@ def write_recipe(tmp_path):
 
 
 from .s3server import s3  # noqa: E402,F401 - the S3 server fixture, shared by the store, cluster and damage tests
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    """`manyruns demo --json`, run once for the session: the store's path and the summary."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "manyruns.cli", "demo", "--out", str(out), "--json"], capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stderr
+    return out, json.loads(result.stdout)

@@ -88,14 +88,12 @@ def test_plan_train_status_json_and_log_epochs(tmp_path):
     assert "3 planned, 3 committed" in human and "test accuracy" in human
 
 
-def test_demo_and_its_recipe_make_the_same_population(tmp_path):
-    out = tmp_path / "demo"
-    result = run("demo", "--out", str(out), "--json")
-    assert result.returncode == 0, result.stderr
-    summary = json.loads(result.stdout)
+def test_demo_and_its_recipe_make_the_same_population(tmp_path, demo):
+    out, summary = demo
     assert summary["runs"] >= 64
     assert 0.85 < summary["mean_accuracy"] < 1.0 and summary["ensemble_accuracy"] >= summary["mean_accuracy"] - 0.01
-    assert summary["seconds"] < 180
+    assert summary["seconds"] < 240
+    assert summary["report"] == str(out / "report" / "index.html") and Path(summary["report"]).is_file()
     assert 0.85 < summary["knn_accuracy"] <= 1.0
     mem = summary["memorization"]
     assert mem["run_count"] == summary["runs"] and mem["examples"] == 1438

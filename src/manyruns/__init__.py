@@ -5,12 +5,13 @@
 >>> manyruns.train("runs/demo", workers=2)                 # doctest: +SKIP
 >>> pop = manyruns.open("runs/demo")                       # doctest: +SKIP
 >>> pop.runs.head()                                        # doctest: +SKIP
->>> report = manyruns.audit(pop)                           # doctest: +SKIP
+>>> result = manyruns.audit(pop)                           # doctest: +SKIP
+>>> manyruns.write_report(pop).path                         # doctest: +SKIP
 """
 
 from .version import __version__  # noqa: E402
 
-from .api import TrainReport, plan, status, train  # noqa: E402
+from .api import TrainReport, plan, status, train, write_report  # noqa: E402
 from .population import Population, open  # noqa: E402
 from .recipe import Recipe, RecipeError  # noqa: E402
 from .errors import InputError, OptionError  # noqa: E402
@@ -31,6 +32,7 @@ __all__ = [
     "plan",
     "status",
     "train",
+    "write_report",
 ]
 
 

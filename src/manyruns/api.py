@@ -276,3 +276,14 @@ def status(path: str | os.PathLike) -> dict:
 
 
 __all__ = ["TrainReport", "plan", "status", "train"]
+
+
+def write_report(store: Population | str | os.PathLike, out: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None):
+    """Write the browsable report of a population (a static site that opens from ``file://``)
+    into ``out`` (default ``<store>/reports/site``); returns a
+    :class:`~manyruns.report.site.Report` (its path, size and notes). See docs/report.md."""
+    from .population import open as open_population
+    from .report.site import write_report as write
+
+    pop = store if isinstance(store, Population) else open_population(store)
+    return write(pop, out, data_dir)

@@ -11,6 +11,7 @@ from .analysis.ensemble import ensemble_accuracy
 from .analysis.heldout import memorization
 from .analysis.knn import knn_evaluate
 from .population import open as open_population
+from .report.site import write_report
 
 DEMO_RECIPE = Path(__file__).parent / "examples" / "demo.toml"
 
@@ -20,16 +21,19 @@ def run_demo(out: str | os.PathLike = "manyruns-demo", workers: int | None = Non
     summary dict: runs, mean_accuracy and std_accuracy (single-run test accuracy),
     ensemble_accuracy (mean logits), ensemble_prob_accuracy (mean probabilities),
     knn_accuracy (3-NN over the training set with the ensemble correlation kernel),
-    memorization (its summary: quantiles and the most memorized training examples), seconds."""
+    memorization (its summary: quantiles and the most memorized training examples), report (the
+    path of the report's page: the analyses are saved in the store and shown there), seconds."""
     t0 = time.perf_counter()
     api.plan(DEMO_RECIPE, out)
     api.train(out, workers=workers, device="cpu", progress=progress)
     info = api.status(out)
     pop = open_population(out)
     ens = ensemble_accuracy(pop, "test")
-    knn = knn_evaluate(pop, k=3)
+    knn = knn_evaluate(pop, k=3, sizes=_sizes(info["ok"]))
     mem = memorization(pop)
-    mem.save(pop)
+    for result in (knn, mem, *_more_analyses(pop)):
+        result.save(pop)
+    site = write_report(pop, Path(out) / "report")
     return {
         "store": str(out),
         "runs": info["ok"],
@@ -39,5 +43,30 @@ def run_demo(out: str | os.PathLike = "manyruns-demo", workers: int | None = Non
         "ensemble_prob_accuracy": ens["prob_accuracy"],
         "knn_accuracy": knn.accuracy,
         "memorization": mem.summary(top=5),
+        "report": str(site.path / "index.html"),
         "seconds": time.perf_counter() - t0,
     }
+
+
+def _sizes(runs: int) -> list[int]:
+    """Run counts for the k-NN curve: 2, 4, 8, ... and all runs."""
+    sizes = [2 ** k for k in range(1, 16) if 2 ** k < runs]
+    return sizes + [runs] if runs >= 2 else []
+
+
+def _more_analyses(pop):
+    """What the report shows besides memorization and k-NN: kernel neighbours of both splits,
+    near-duplicate pairs, C-scores, influence, the audit."""
+    from .analysis.audit import audit
+    from .analysis.heldout import cscore, influence
+    from .analysis.neighbours import neighbours
+    from .analysis.pairs import pairs
+
+    return [
+        neighbours(pop, k=5, queries="train"),
+        neighbours(pop, k=5, queries="test"),
+        pairs(pop),
+        cscore(pop),
+        influence(pop),
+        audit(pop),
+    ]

@@ -124,6 +124,8 @@ def demo(
     top = ", ".join(f"#{t['index']} (label {t['label']}, {t['mem']:.2f})" for t in mem["top"])
     typer.echo(f"  memorization: median {mem['quantiles']['50%']:.3f}, {mem['at_least_0.5']} training images at 0.5 or more; most memorized: {top}")
     typer.echo(f"  wall time: {summary['seconds']:.1f} s")
+    typer.echo(f"  report: {summary['report']}")
+    typer.echo(f"  report: {summary['report']}")
     typer.echo(f"next: `manyruns status {out}`, or in Python `manyruns.open({str(out)!r}).runs`")
 
 
