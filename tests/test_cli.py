@@ -104,7 +104,7 @@ def test_demo_and_its_recipe_make_the_same_population(tmp_path, demo):
     # `plan` + `train` of examples/demo.toml reproduces the demo's population exactly
     again = tmp_path / "again"
     assert run("plan", str(EXAMPLES / "demo.toml"), str(again)).returncode == 0
-    assert run("train", str(again), "--quiet").returncode == 0
+    assert run("train", str(again), "--quiet", "--max-runs", "16").returncode == 0  # the first 16 suffice
     a, b = manyruns.open(out), manyruns.open(again)
     for name in ("logits/test", "logits/train", "mask/train", "metrics"):
-        assert np.array_equal(a.load(name), b.load(name), equal_nan=True), name
+        assert np.array_equal(a.load(name, "0-15"), b.load(name, "0-15"), equal_nan=True), name
