@@ -186,3 +186,20 @@ def test_plan_refuses_a_noise_matrix_of_the_wrong_size(tmp_path):
     with pytest.raises(RecipeError, match="label_noise.matrix': has 2 rows, and digits has 10 classes"):
         manyruns.plan(path, tmp_path / "s")
     assert not (tmp_path / "s").exists()
+
+
+def test_seeds_per_subset_share_subset_and_condition_not_seed():
+    r = recipe("seeds_per_subset = 3", runs=12, subset="[0.25, 0.75]")
+    plans = plan_runs(r)
+    masks = np.array([realize_mask(r, p, 500) for p in plans])
+    for b in range(4):
+        block = slice(3 * b, 3 * b + 3)
+        assert (masks[block] == masks[3 * b]).all()  # one subset per block
+        assert len({p.cell for p in plans[block]}) == 1 and len({p.seed for p in plans[block]}) == 3
+    assert len({masks[3 * b].tobytes() for b in range(4)}) == 4  # blocks differ
+    assert [p.cell for p in plans] == [(i // 3) % 2 for i in range(12)]
+    # one seed per subset keeps the plans and masks it always had
+    one = recipe("seeds_per_subset = 1", runs=12, subset="[0.25, 0.75]")
+    base = recipe(runs=12, subset="[0.25, 0.75]")
+    assert plan_runs(one) == plan_runs(base)
+    assert all(np.array_equal(realize_mask(one, p, 500), realize_mask(base, p, 500)) for p in plan_runs(base))

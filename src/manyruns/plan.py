@@ -47,8 +47,9 @@ def plan_runs(recipe: Recipe, start: int = 0, stop: int | None = None) -> list[R
     grid = cells(recipe)
     seed = recipe.population.seed
     plans = []
+    per = recipe.population.seeds_per_subset
     for r in range(start, stop):
-        c = r % len(grid)
+        c = (r // per) % len(grid)  # a block of runs sharing a subset shares its condition
         subset, noise, inputs = grid[c]
         sweep = {
             key: sample_sweep(spec, generator(run_stream(seed, r, Purpose.SWEEP, key_of(key))))
@@ -79,7 +80,8 @@ def realize_mask(recipe: Recipe, plan: RunPlan, n_train: int) -> np.ndarray:
     if folds:  # one partition per block of K runs, shared by its runs
         rng = generator(dataset_stream(recipe.population.seed, Purpose.SUBSET, folds, plan.index // folds))
         return fold_mask(n_train, folds, plan.index % folds, rng)
-    rng = generator(run_stream(recipe.population.seed, plan.index, Purpose.SUBSET))
+    first = plan.index - plan.index % recipe.population.seeds_per_subset  # the block's first run
+    rng = generator(run_stream(recipe.population.seed, first, Purpose.SUBSET))
     return subset_mask(n_train, plan.subset, rng)
 
 

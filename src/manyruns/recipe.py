@@ -300,6 +300,10 @@ class PopulationSection(_Section):
     folds of equal size (up to one example), a fresh random partition for every K consecutive
     runs, and run ``r`` trains on every fold but fold ``r mod K``; each block of K runs holds
     every example out exactly once. Not combined with ``subset``."""
+    seeds_per_subset: int = Field(1, ge=1)
+    """Runs in blocks of this many share their training subset (and condition) and differ in
+    seed: run ``r`` trains on the subset of run ``r - r mod S``. What the linear datamodeling
+    score's evaluation needs (several seeds per subset, for its noise ceiling)."""
     label_noise: LabelNoise | None = None
     inputs: InputRandomization | list[InputRandomization] = "none"
     """Input randomization (dataset scope, applied to train and test inputs):
@@ -345,6 +349,8 @@ class PopulationSection(_Section):
     def _folds_or_subset(self) -> "PopulationSection":
         if self.folds is not None and self.subset != 1.0:
             raise ValueError("give population.folds or population.subset, not both (folds set each run's subset)")
+        if self.folds is not None and self.seeds_per_subset > 1:
+            raise ValueError("give population.folds or population.seeds_per_subset, not both")
         return self
 
     @property

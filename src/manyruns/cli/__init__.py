@@ -38,5 +38,6 @@ from . import heldout  # noqa: E402,F401
 from . import randomization  # noqa: E402,F401
 from . import audit  # noqa: E402,F401
 from . import report  # noqa: E402,F401
+from . import attribution  # noqa: E402,F401
 
 __all__ = ["app", "export_app", "fail", "handle_errors", "import_app", "main", "print_json"]

@@ -1,0 +1,175 @@
+"""Datamodels: per test example, a linear model of a run's output on its training subset.
+
+For fit runs ``r = 1..R`` with subset masks ``m_r (N,)`` (1: trained on the example) and
+outputs ``f_r (T,)`` (:mod:`.outputs`), the score of training example ``i`` for test example
+``z`` is ``tau_i(z)`` in ``f_r(z) ~ b(z) + sum_i tau_i(z) m_r(i)``:
+
+* ``diffmeans``: ``tau_i(z) = mean_{r: m_r(i)=1} f_r(z) - mean_{r: m_r(i)=0} f_r(z)``, the
+  held-out influence estimator for any output (NaN where ``i`` was always or never in). One
+  pass over the runs: ``sum_r m_r f_r^T`` by a product per block, in float32 about a shift
+  (the first block's mean), so memory is the ``(N, T)`` sums, whatever ``R``.
+* ``ridge``: ridge regression with an intercept, ``min ||Y - 1 b - X W||^2 + lambda ||W||^2``
+  over the centered masks ``X (R, N)`` and outputs ``Y (R, T)``, solved in the dual form
+  ``W = X^T (X X^T + lambda I)^{-1} Y`` (runs are fewer than training examples) through one
+  eigendecomposition of the ``(R, R)`` Gram matrix, which gives every penalty at once.
+  ``lambda = a * trace(X X^T) / R`` with ``a`` from ``alphas``, chosen by the squared error on
+  the last ``holdout`` share of the fit runs, then refitted on all of them. Memory: ``X`` in
+  float32 (``4 R N`` bytes) and the Gram matrix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ...errors import InputError, check_choice, check_number
+from ...population import Population
+from ...streaming import run_blocks
+from ..contract import Options, Result, options_of
+from .outputs import OUTPUTS, model_output
+
+ESTIMATORS = ("ridge", "diffmeans")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatamodelOptions(Options):
+    """``output``: margin, neg_loss or prob (:mod:`.outputs`); ``estimator``: ridge or
+    diffmeans; ``alphas``: the ridge penalties tried, relative to the mean squared norm of a
+    centered mask; ``holdout``: share of the fit runs that choose the penalty; ``block_size``:
+    runs read at a time; ``runs``: the fit runs."""
+
+    output: str = "margin"
+    estimator: str = "ridge"
+    alphas: tuple[float, ...] = (1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)
+    holdout: float = 0.1
+    block_size: int = 64
+
+    def validate(self) -> None:
+        super().validate()
+        check_choice("output", self.output, OUTPUTS)
+        check_choice("estimator", self.estimator, ESTIMATORS)
+        object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
+        for a in self.alphas:
+            check_number("alphas", a, 0, low_open=True)
+        check_number("holdout", self.holdout, 0, 0.5, low_open=True)
+        check_number("block_size", self.block_size, 1, integer=True)
+
+
+@dataclass(kw_only=True)
+class DatamodelResult(Result):
+    """``scores (T, N) float32``: ``tau_i(z)``; ``intercept (T,)``; ``alpha``: the chosen
+    relative penalty (ridge) and ``validation`` its held-out error per alpha."""
+
+    name = "datamodels"
+    scores: np.ndarray
+    intercept: np.ndarray
+    alpha: float | None = None
+    validation: dict = field(default_factory=dict)
+    options: DatamodelOptions = field(default_factory=DatamodelOptions)
+
+    def top(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(indices, values)``, each ``(T, k)``: the ``k`` largest scores per test example."""
+        s = np.where(np.isfinite(self.scores), self.scores, -np.inf)
+        idx = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        return idx, np.take_along_axis(self.scores, idx, 1)
+
+    def table(self) -> pd.DataFrame:
+        idx, val = self.top(min(10, self.scores.shape[1]))
+        T, k = idx.shape
+        return pd.DataFrame({"test_index": np.repeat(np.arange(T), k), "rank": np.tile(np.arange(1, k + 1), T), "train_index": idx.ravel(), "score": val.ravel()})
+
+    def _summary(self) -> dict:
+        return {"output": self.options.output, "estimator": self.options.estimator, "shape": list(self.scores.shape), "alpha": self.alpha, "validation": self.validation}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"scores": self.scores, "intercept": self.intercept}
+
+
+def fit_diffmeans(masks: np.ndarray, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores (T, N), intercept (T,))`` from masks ``(R, N)`` and outputs ``(R, T)`` held in memory."""
+    acc = DiffMeans(masks.shape[1], outputs.shape[1])
+    acc.add(masks, outputs)
+    return acc.finish()
+
+
+class DiffMeans:
+    """The streaming difference of means (see the module): ``add`` blocks, then ``finish``."""
+
+    def __init__(self, n: int, t: int):
+        self.sum_in = np.zeros((n, t), dtype=np.float32)
+        self.n_in = np.zeros(n, dtype=np.int64)
+        self.total = np.zeros(t)
+        self.runs = 0
+        self.shift: np.ndarray | None = None
+
+    def add(self, masks: np.ndarray, outputs: np.ndarray) -> None:
+        if self.shift is None:
+            self.shift = outputs.mean(0)
+        m = masks.astype(np.float32)
+        centered = outputs - self.shift
+        self.sum_in += m.T @ centered.astype(np.float32)
+        self.n_in += masks.sum(0).astype(np.int64)
+        self.total += centered.sum(0)
+        self.runs += masks.shape[0]
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray]:
+        n_out = self.runs - self.n_in
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_in = self.sum_in / self.n_in[:, None]
+            mean_out = (self.total[None, :] - self.sum_in) / n_out[:, None]
+        scores = (mean_in - mean_out).T.astype(np.float32)
+        scores[:, (self.n_in == 0) | (n_out == 0)] = np.nan
+        return scores, (self.total / max(self.runs, 1) + (0 if self.shift is None else self.shift))
+
+
+def fit_ridge(masks: np.ndarray, outputs: np.ndarray, alphas: tuple[float, ...], holdout: float) -> tuple[np.ndarray, np.ndarray, float, dict]:
+    """``(scores (T, N), intercept (T,), alpha, validation error per alpha)`` (see the module)."""
+    R = masks.shape[0]
+    n_val = max(1, int(round(holdout * R))) if R >= 4 else 0
+    errors = {}
+    if n_val and len(alphas) > 1:
+        Xa, Ya = masks[: R - n_val], outputs[: R - n_val]
+        mx, my = Xa.mean(0), Ya.mean(0)
+        X = (Xa - mx).astype(np.float32)
+        G = (X @ X.T).astype(np.float64)
+        s, U = np.linalg.eigh(G)
+        UtY = U.T @ (Ya - my)
+        Xv = (masks[R - n_val :] - mx).astype(np.float32)
+        K = (Xv @ X.T).astype(np.float64) @ U  # (n_val, R')
+        scale = np.trace(G) / G.shape[0]
+        for a in alphas:
+            pred = my + K @ (UtY / (s + a * scale)[:, None])
+            errors[a] = float(np.mean((outputs[R - n_val :] - pred) ** 2))
+        alpha = min(errors, key=errors.get)
+    else:
+        alpha = alphas[0] if len(alphas) == 1 else 1.0
+    mx, my = masks.mean(0), outputs.mean(0)
+    X = (masks - mx).astype(np.float32)
+    G = (X @ X.T).astype(np.float64)
+    lam = alpha * np.trace(G) / R
+    dual = np.linalg.solve(G + lam * np.eye(R), outputs - my)  # (R, T)
+    W = X.T @ dual.astype(np.float32)  # (N, T)
+    intercept = my - mx.astype(np.float64) @ W.astype(np.float64)
+    return W.T.astype(np.float32), intercept, float(alpha), {str(a): e for a, e in errors.items()}
+
+
+def datamodels(pop: Population, options: DatamodelOptions | None = None, **fields) -> DatamodelResult:
+    """Fit the datamodels of every test example of ``pop`` on the selected runs (see the module)."""
+    options = options_of(DatamodelOptions, options, fields)
+    runs = pop.select(options.runs)
+    if "mask/train" not in pop.arrays or "logits/test" not in pop.arrays:
+        raise InputError(f"{pop.path}: datamodels need mask/train and logits/test (runs on random subsets that record test logits)")
+    labels = pop.targets("test")
+    alpha, validation = None, {}
+    if options.estimator == "diffmeans":
+        acc = DiffMeans(int(pop.layout["n_train"]), labels.size)
+        for block in run_blocks(runs, options.block_size):
+            acc.add(pop.read("mask/train", block).astype(bool), model_output(pop.read("logits/test", block), labels, options.output))
+        scores, intercept = acc.finish()
+    else:
+        masks = np.concatenate([pop.read("mask/train", b).astype(np.float32) for b in run_blocks(runs, options.block_size)])
+        outs = np.concatenate([model_output(pop.read("logits/test", b), labels, options.output) for b in run_blocks(runs, options.block_size)])
+        scores, intercept, alpha, validation = fit_ridge(masks, outs, options.alphas, options.holdout)
+    return DatamodelResult(scores=scores, intercept=intercept, alpha=alpha, validation=validation, runs=runs, options=options)

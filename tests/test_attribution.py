@@ -1,0 +1,147 @@
+"""Attribution: model outputs, datamodels and the LDS, each against a straightforward
+implementation (scipy, scikit-learn, loops), then end to end on a trained store."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.special import logsumexp
+from scipy.stats import spearmanr
+
+import manyruns
+from manyruns.analysis.attribution import LdsOptions, datamodels, fit_diffmeans, fit_ridge, lds_from_arrays, model_output
+
+from .conftest import tiny_recipe
+from .test_cli import run
+
+
+def test_outputs_match_their_definitions():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(scale=3, size=(4, 7, 5))
+    y = rng.integers(0, 5, 7)
+    for r in range(4):
+        for t in range(7):
+            l = logits[r, t]
+            others = np.delete(l, y[t])
+            assert model_output(logits, y, "margin")[r, t] == pytest.approx(l[y[t]] - logsumexp(others), abs=1e-12)
+            assert model_output(logits, y, "neg_loss")[r, t] == pytest.approx(l[y[t]] - logsumexp(l), abs=1e-12)
+            assert model_output(logits, y, "prob")[r, t] == pytest.approx(np.exp(l[y[t]] - logsumexp(l)), abs=1e-12)
+
+
+def _population(seed=0, R=60, N=40, T=6):
+    """Masks of random halves and outputs linear in them plus noise."""
+    rng = np.random.default_rng(seed)
+    masks = rng.random((R, N)) < 0.5
+    w = rng.normal(size=(N, T))
+    outputs = 1.0 + masks @ w + rng.normal(scale=0.5, size=(R, T))
+    return masks, outputs, w
+
+
+def test_difference_of_means_equals_a_loop():
+    masks, outputs, _ = _population()
+    masks[:, 0] = True  # always in: undefined
+    scores, _ = fit_diffmeans(masks, outputs)
+    assert np.isnan(scores[:, 0]).all()
+    for i in range(1, masks.shape[1]):
+        expect = outputs[masks[:, i]].mean(0) - outputs[~masks[:, i]].mean(0)
+        np.testing.assert_allclose(scores[:, i], expect, rtol=1e-5, atol=1e-5)
+
+
+def test_ridge_equals_scikit_learn_at_the_chosen_penalty():
+    from sklearn.linear_model import Ridge
+
+    masks, outputs, w = _population(R=50, N=80)
+    scores, intercept, alpha, validation = fit_ridge(masks.astype(np.float32), outputs, (0.01, 0.1, 1.0, 10.0), 0.2)
+    assert set(validation) == {"0.01", "0.1", "1.0", "10.0"} and validation[str(alpha)] == min(validation.values())
+    X = masks - masks.mean(0)
+    lam = alpha * np.trace(X @ X.T) / masks.shape[0]
+    ref = Ridge(alpha=lam, fit_intercept=True, solver="svd").fit(masks.astype(np.float64), outputs)
+    np.testing.assert_allclose(scores, ref.coef_, atol=2e-4)
+    np.testing.assert_allclose(intercept, ref.intercept_, atol=2e-3)
+    assert np.corrcoef(scores.ravel(), w.T.ravel())[0, 1] > 0.5  # it recovers the planted weights
+
+
+def test_lds_equals_spearman_per_test_example_and_its_ceiling():
+    rng = np.random.default_rng(1)
+    N, T, m, seeds = 30, 8, 12, 4
+    subsets = rng.random((m, N)) < 0.5
+    masks = np.repeat(subsets, seeds, axis=0)  # seeds consecutive per subset
+    w = rng.normal(size=(N, T))
+    outputs = masks @ w + rng.normal(scale=1.0, size=(m * seeds, T))
+    scores = (w + rng.normal(scale=0.5, size=w.shape)).T
+    result = lds_from_arrays(scores, masks, outputs, LdsOptions(bootstrap=200))
+    f = outputs.reshape(m, seeds, T).mean(1)
+    g = subsets @ scores.T
+    expect = np.array([spearmanr(f[:, t], g[:, t]).statistic for t in range(T)])
+    np.testing.assert_allclose(result.per_test, expect, atol=1e-12)
+    assert result.lds == pytest.approx(expect.mean()) and result.ci[0] <= result.lds <= result.ci[1]
+    fa, fb = outputs.reshape(m, seeds, T)[:, :2].mean(1), outputs.reshape(m, seeds, T)[:, 2:].mean(1)
+    assert result.ceiling == pytest.approx(np.mean([spearmanr(fa[:, t], fb[:, t]).statistic for t in range(T)]))
+    assert result.subset_sizes.tolist() == subsets.sum(1).tolist() and result.seeds == seeds
+    one = lds_from_arrays(scores, subsets, f, LdsOptions(bootstrap=0))
+    assert one.ceiling is None and one.lds == pytest.approx(result.lds)
+    with pytest.raises(manyruns.InputError, match=r"scores: expected shape \(n_test, n_train\) = \(8, 30\)"):
+        lds_from_arrays(scores.T, masks, outputs)
+
+
+@pytest.fixture(scope="module")
+def subsets(tmp_path_factory):
+    """60 runs on random halves of digits, two seeds per subset: fit on 0-39, evaluate on 40-59."""
+    tmp = tmp_path_factory.mktemp("attr")
+    recipe = tmp / "recipe.toml"
+    recipe.write_text(tiny_recipe(runs=60).replace("weights = [0, 3]", "weights = []").replace("[record]", "seeds_per_subset = 2\n[record]"))
+    store = tmp / "store"
+    manyruns.plan(recipe, store)
+    manyruns.train(store, executor="local", workers=2, progress=False)
+    return store
+
+
+def test_datamodels_and_lds_from_the_command_line(subsets, tmp_path):
+    pop = manyruns.open(subsets)
+    dm = tmp_path / "dm.npz"
+    res = run("datamodels", str(subsets), "--fit-runs", "0-39", "--estimator", "ridge", "--out", str(dm), "--json")
+    assert res.returncode == 0, res.stderr
+    saved = np.load(dm)
+    assert saved["scores"].shape == (pop.layout["n_test"], pop.layout["n_train"]) and saved["scores"].dtype == np.float32
+    assert saved["fit_runs"].tolist() == list(range(40))
+    # the command's scores are the API's
+    api = datamodels(pop, runs="0-39")
+    np.testing.assert_allclose(saved["scores"], api.scores, rtol=1e-3, atol=1e-8)  # threads sum in other orders
+    res = run("lds", str(subsets), "--scores", str(dm), "--eval-runs", "40-59", "--json")
+    assert res.returncode == 0, res.stderr
+    s = json.loads(res.stdout)
+    assert {"lds", "ci", "n_test", "n_subsets", "ceiling"} <= set(s)
+    assert s["n_subsets"] == 10 and s["seeds_per_subset"] == 2 and s["ceiling"] is not None
+    assert s["ci"][0] <= s["lds"] <= s["ci"][1]
+    # with 20 subsets to fit on, difference-of-means datamodels of the loss already carry signal
+    # (the noise ceiling of one seed against another is only about 0.18 at this scale)
+    from manyruns.analysis.attribution import lds
+
+    fitted = lds(pop, datamodels(pop, runs="0-39", estimator="diffmeans", output="neg_loss").scores, runs="40-59", output="neg_loss")
+    assert fitted.ci[0] > 0, (fitted.lds, fitted.ci)
+    noise = np.random.default_rng(0).normal(size=saved["scores"].shape)
+    assert lds(pop, noise, runs="40-59", output="neg_loss").lds < fitted.lds
+    # top-k scores and the kernel are accepted too
+    top = tmp_path / "top.npz"
+    assert run("datamodels", str(subsets), "--fit-runs", "0-39", "--estimator", "diffmeans", "--top", "20", "--out", str(top)).returncode == 0
+    assert np.load(top)["indices"].shape == (pop.layout["n_test"], 20)
+    assert run("lds", str(subsets), "--scores", str(top), "--eval-runs", "40-59").returncode == 0
+    kern = run("lds", str(subsets), "--scores", "kernel", "--fit-runs", "0-39", "--eval-runs", "40-59", "--json")
+    assert kern.returncode == 0, kern.stderr and np.isfinite(json.loads(kern.stdout)["lds"])
+
+
+def test_lds_refusals(subsets, tmp_path):
+    dm = tmp_path / "dm.npz"
+    assert run("datamodels", str(subsets), "--fit-runs", "0-39", "--estimator", "diffmeans", "--out", str(dm)).returncode == 0
+    overlap = run("lds", str(subsets), "--scores", str(dm), "--eval-runs", "30-59")
+    assert overlap.returncode == 2
+    assert overlap.stderr.strip() == "error: --eval-runs: 10 evaluation runs are runs the scores were fitted on (30, 31, 32, 33, 34, ...); the two must be disjoint"
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((3, 4)))
+    bad = run("lds", str(subsets), "--scores", str(wrong), "--eval-runs", "40-59")
+    assert bad.returncode == 2 and "--scores" in bad.stderr and "expected shape (n_test, n_train)" in bad.stderr
+    one_seed = run("lds", str(subsets), "--scores", str(dm), "--eval-runs", "40,42,44,46,48,50", "--ceiling")
+    assert one_seed.returncode == 2 and "--ceiling" in one_seed.stderr
+    assert run("datamodels", str(subsets), "--estimator", "lasso").returncode == 2
