@@ -145,3 +145,21 @@ def test_lds_refusals(subsets, tmp_path):
     one_seed = run("lds", str(subsets), "--scores", str(dm), "--eval-runs", "40,42,44,46,48,50", "--ceiling")
     assert one_seed.returncode == 2 and "--ceiling" in one_seed.stderr
     assert run("datamodels", str(subsets), "--estimator", "lasso").returncode == 2
+
+
+def test_lds_equals_dattri_on_the_same_inputs():
+    """dattri's metric (a test-only extra) on its own layout: scores (N, T), ground truth
+    (values (m, T), indices of each subset (m, k))."""
+    torch = pytest.importorskip("torch")
+    metric = pytest.importorskip("dattri.metric")
+    rng = np.random.default_rng(3)
+    N, T, m, k = 50, 12, 30, 25
+    indices = np.stack([rng.choice(N, size=k, replace=False) for _ in range(m)])
+    masks = np.zeros((m, N), dtype=bool)
+    masks[np.arange(m)[:, None], indices] = True
+    w = rng.normal(size=(N, T))
+    values = masks @ w + rng.normal(size=(m, T))
+    scores = w.T + rng.normal(scale=0.7, size=(T, N))
+    ours = lds_from_arrays(scores, masks, values, LdsOptions(bootstrap=0))
+    theirs, _ = metric.lds(torch.tensor(scores.T), (torch.tensor(values), torch.tensor(indices)))
+    np.testing.assert_allclose(ours.per_test, theirs.numpy(), atol=1e-6)
