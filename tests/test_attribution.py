@@ -163,3 +163,25 @@ def test_lds_equals_dattri_on_the_same_inputs():
     ours = lds_from_arrays(scores, masks, values, LdsOptions(bootstrap=0))
     theirs, _ = metric.lds(torch.tensor(scores.T), (torch.tensor(values), torch.tensor(indices)))
     np.testing.assert_allclose(ours.per_test, theirs.numpy(), atol=1e-6)
+
+
+def test_ground_truth_round_trips_through_dattri_and_trak_layouts(subsets, tmp_path):
+    pop = manyruns.open(subsets)
+    gt = tmp_path / "gt.npz"
+    assert run("lds", str(subsets), "--eval-runs", "40-59", "--write-ground-truth", str(gt)).returncode == 0
+    data = np.load(gt)
+    assert data["masks"].shape == (10, pop.layout["n_train"]) and data["values"].shape == (10, pop.layout["n_test"])
+    assert (data["seeds"] == 2).all() and np.array_equal(data["margins"], data["values"])
+    assert data["indices"].shape == (10, int(data["masks"][0].sum()))
+    dm = tmp_path / "dm.npz"
+    assert run("datamodels", str(subsets), "--fit-runs", "0-39", "--estimator", "diffmeans", "--out", str(dm)).returncode == 0
+    direct = json.loads(run("lds", str(subsets), "--scores", str(dm), "--eval-runs", "40-59", "--json", "--bootstrap", "0").stdout)
+    # dattri's layout (values, indices) and TRAK's (masks, margins) give the same score
+    dattri_only, trak_only = tmp_path / "dattri.npz", tmp_path / "trak.npz"
+    np.savez(dattri_only, values=data["values"], indices=data["indices"])
+    np.savez(trak_only, masks=data["masks"], margins=data["margins"])
+    for path in (dattri_only, trak_only):
+        got = json.loads(run("lds", str(subsets), "--scores", str(dm), "--ground-truth", str(path), "--json", "--bootstrap", "0").stdout)
+        assert got["lds"] == pytest.approx(direct["lds"], abs=1e-12) and got["ceiling"] is None
+    both = run("lds", str(subsets), "--scores", str(dm), "--ground-truth", str(gt), "--eval-runs", "40-59")
+    assert both.returncode == 2 and "--eval-runs" in both.stderr and "--ground-truth" in both.stderr

@@ -91,8 +91,10 @@ def _load_scores(spec: str, pop, eval_runs: np.ndarray, fit_runs: str) -> tuple[
 @handle_errors(flags={"runs": "--eval-runs"})
 def lds(
     store: str = typer.Argument(..., help="Population store: a folder or a URL."),
-    scores: str = typer.Option(..., "--scores", help="Attribution scores: a .npy (N_test, N_train), an .npz from `manyruns datamodels`, or 'kernel' (the ensemble kernel of the fit runs)."),
-    eval_runs: str = typer.Option(..., "--eval-runs", help="The evaluation runs (subsets with one or more seeds each); never runs the scores were fitted on."),
+    scores: Optional[str] = typer.Option(None, "--scores", help="Attribution scores: a .npy (N_test, N_train), an .npz from `manyruns datamodels`, or 'kernel' (the ensemble kernel of the fit runs)."),
+    eval_runs: Optional[str] = typer.Option(None, "--eval-runs", help="The evaluation runs (subsets with one or more seeds each); never runs the scores were fitted on."),
+    ground_truth: Optional[Path] = typer.Option(None, "--ground-truth", help="Evaluate on this ground truth instead of --eval-runs: an .npz in dattri's layout (values, indices) or TRAK's (masks, margins)."),
+    write_ground_truth: Optional[Path] = typer.Option(None, "--write-ground-truth", help="Write the evaluation runs' ground truth (.npz: masks, values, margins, indices, seeds) for dattri or TRAK."),
     fit_runs: str = typer.Option("ok", "--fit-runs", help="With --scores kernel: the runs of the kernel (the evaluation runs are left out)."),
     output: str = typer.Option("margin", "--output", help=OUTPUT_HELP),
     ceiling: bool = typer.Option(False, "--ceiling", help="Require the noise ceiling (two seeds or more per evaluation subset)."),
@@ -100,18 +102,34 @@ def lds(
     as_json: bool = json_option(),
 ):
     """Linear datamodeling score of attribution scores on evaluation runs of the population."""
-    from ..analysis.attribution import LdsOptions, lds as score
+    from ..analysis.attribution import GroundTruth, LdsOptions, ground_truth as make_truth, lds as score, lds_from_arrays
 
-    options = LdsOptions(runs=eval_runs, output=output, bootstrap=bootstrap)
+    if (eval_runs is None) == (ground_truth is None):
+        fail("give --eval-runs (evaluation runs of the store) or --ground-truth (a file), one of them", 2)
+    if scores is None and write_ground_truth is None:
+        fail("--scores: give the scores to evaluate (or only --write-ground-truth)", 2)
+    check_outputs({"--write-ground-truth": write_ground_truth})
     pop = open_population(store)
-    evaluation = pop.select(eval_runs)
+    options = LdsOptions(runs=eval_runs or "ok", output=output, bootstrap=bootstrap)
+    evaluation = pop.select(eval_runs) if eval_runs is not None else np.zeros(0, dtype=np.int64)
+    if write_ground_truth is not None:
+        if eval_runs is None:
+            fail("--write-ground-truth: needs --eval-runs", 2)
+        make_truth(pop, evaluation, output).save(write_ground_truth)
+        if scores is None:
+            typer.echo(f"wrote {write_ground_truth}")
+            return
     tau, fitted = _load_scores(scores, pop, evaluation, fit_runs)
-    if fitted is not None:
+    if fitted is not None and evaluation.size:
         overlap = np.intersect1d(np.asarray(fitted, dtype=np.int64), evaluation)
         if overlap.size:
             shown = ", ".join(str(int(r)) for r in overlap[:5]) + (", ..." if overlap.size > 5 else "")
             fail(f"--eval-runs: {overlap.size} evaluation runs are runs the scores were fitted on ({shown}); the two must be disjoint", 2)
-    result = score(pop, tau, options)
+    if ground_truth is not None:
+        truth = GroundTruth.load(ground_truth, int(pop.layout["n_train"]))
+        result = lds_from_arrays(tau, truth.masks, truth.values, options)
+    else:
+        result = score(pop, tau, options)
     if ceiling and result.ceiling is None:
         fail("--ceiling: every evaluation subset was trained with one seed; the noise ceiling needs two or more (population.seeds_per_subset)", 2)
     for note in result.notes:

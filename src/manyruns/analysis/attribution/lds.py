@@ -141,3 +141,62 @@ def lds(pop: Population, scores: np.ndarray, options: LdsOptions | None = None, 
     result = lds_from_arrays(np.asarray(scores), masks, outs, options)
     result.runs = runs
     return result
+
+
+@dataclass
+class GroundTruth:
+    """The evaluation subsets and their outputs, in the layouts other tools read: ``masks
+    (m, N) bool`` and ``values (m, T)`` (TRAK's masks and margins), or ``indices (m, k)`` of
+    each subset and ``values`` (dattri's ground truth); ``seeds (m,)`` averaged per subset."""
+
+    masks: np.ndarray
+    values: np.ndarray
+    seeds: np.ndarray
+    output: str
+
+    def save(self, path) -> None:
+        """An ``.npz`` with ``masks``, ``values``, ``margins`` (= values, for the margin),
+        ``indices`` (when every subset has one size), ``seeds`` and ``output``."""
+        arrays = {"masks": self.masks, "values": self.values, "seeds": self.seeds, "output": np.array(self.output)}
+        if self.output == "margin":
+            arrays["margins"] = self.values
+        sizes = self.masks.sum(1)
+        if np.unique(sizes).size == 1:
+            arrays["indices"] = np.stack([np.flatnonzero(row) for row in self.masks])
+        np.savez(path, **arrays)
+
+    @classmethod
+    def load(cls, path, n_train: int) -> GroundTruth:
+        """Read :meth:`save`'s file, TRAK's layout (``masks`` and ``margins``) or dattri's
+        (``values`` and ``indices`` of each subset, training examples ``0..n_train-1``)."""
+        data = np.load(path, allow_pickle=False)
+        values = data["values"] if "values" in data else data["margins"] if "margins" in data else None
+        if values is None:
+            raise InputError(f"{path}: a ground truth needs 'values' (or TRAK's 'margins')")
+        if "masks" in data:
+            masks = data["masks"].astype(bool)
+        elif "indices" in data:
+            idx = data["indices"].astype(np.int64)
+            if idx.size and (idx.min() < 0 or idx.max() >= n_train):
+                raise InputError(f"{path}: indices must lie in 0..{n_train - 1} (the store's training examples)")
+            masks = np.zeros((idx.shape[0], n_train), dtype=bool)
+            masks[np.arange(idx.shape[0])[:, None], idx] = True
+        else:
+            raise InputError(f"{path}: a ground truth needs 'masks' (TRAK) or 'indices' (dattri) of each subset")
+        if masks.shape[0] != values.shape[0] or masks.shape[1] != n_train:
+            raise InputError(f"{path}: masks {masks.shape} and values {values.shape} do not match {n_train} training examples and one row per subset")
+        output = str(data["output"]) if "output" in data else "margin"
+        seeds = data["seeds"] if "seeds" in data else np.ones(masks.shape[0], dtype=np.int64)
+        return cls(masks=masks, values=np.asarray(values, dtype=np.float64), seeds=seeds, output=output)
+
+
+def ground_truth(pop: Population, runs: np.ndarray, output: str, block_size: int = 64) -> GroundTruth:
+    """The evaluation runs grouped by subset, outputs averaged over each subset's seeds."""
+    labels = pop.targets("test")
+    masks = np.concatenate([pop.read("mask/train", b).astype(bool) for b in run_blocks(runs, block_size)])
+    outs = np.concatenate([model_output(pop.read("logits/test", b), labels, output) for b in run_blocks(runs, block_size)])
+    groups = group_subsets(masks)
+    return GroundTruth(
+        masks=np.stack([masks[g[0]] for g in groups]), values=np.stack([outs[g].mean(0) for g in groups]),
+        seeds=np.array([g.size for g in groups]), output=output,
+    )
