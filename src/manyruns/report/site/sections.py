@@ -116,6 +116,7 @@ def analysis_sections(pop: Population, saved: dict[str, Saved], ok: np.ndarray, 
     builders = {
         "memorization": _memorization, "cscore": _cscore, "influence": _influence, "pairs": _pairs,
         "audit": _audit, "fit_curves": _fit_curves, "knn": _knn, "kernel-train": _kernel, "kernel-test": _kernel,
+        "ensemble-test": _ensemble_section, "ensemble-train": _ensemble_section,
     }
     sections = []
     names = [n for n in builders if n in saved] + sorted(n for n in saved if n.startswith("zoo-predict"))
@@ -263,7 +264,7 @@ def _fit_curves(s: Saved, data: ExampleData, classes, out) -> Section:
     def draw(ax):
         col = METRIC_COLUMNS.index("train_acc")
         for i in range(mean.shape[0]):
-            name = levels[i].get("level", i) if i < len(levels) and isinstance(levels[i], dict) else i
+            name = levels[i].get("corruption", i) if i < len(levels) and isinstance(levels[i], dict) else i
             ax.plot(100 * mean[i, :, col], label=str(name))
         ax.set_xlabel("epoch")
         ax.set_ylabel("train accuracy (%)")
@@ -276,6 +277,14 @@ def _fit_curves(s: Saved, data: ExampleData, classes, out) -> Section:
 def _knn(s: Saved, data: ExampleData, classes, out) -> Section:
     counts, acc, ens = s.array("run_counts"), s.array("accuracy"), s.array("ensemble_accuracy")
     return Section("knn", "Kernel k-NN", lines=[f"{int(n):,} runs: k-NN {_pct(a)}, ensemble {_pct(e)}" for n, a, e in zip(counts, acc, ens)])
+
+
+def _ensemble_section(s: Saved, data: ExampleData, classes, out) -> Section:
+    sizes, acc = s.array("sizes"), s.array("logit_accuracy")
+    split = s.name.split("-", 1)[1]
+    sec = Section(s.name, f"Ensemble accuracy ({split})", lines=[f"{int(n):,} runs: {_pct(a)}" for n, a in zip(sizes, acc)])
+    sec.figures.append(_figure(out, s.name, lambda ax: _ensemble(ax, {"sizes": sizes, "logit_accuracy": acc}, None)))
+    return sec
 
 
 def _kernel(s: Saved, data: ExampleData, classes, out) -> Section:
