@@ -164,3 +164,21 @@ def test_example_columns_match_the_saved_analyses(demo):
     issues = pop.store.group["analysis/audit/is_label_issue"][:]
     assert np.array_equal(np.array(data["issue"], dtype=bool), issues)
     assert data["label"] == pop.targets("train")[: len(data["label"])].tolist()
+
+
+def test_sections_for_fit_curves_and_ensembles(tmp_path, write_recipe):
+    from manyruns.analysis.ensemble import ensemble_curve
+    from manyruns.analysis.randomization import fit_curves
+
+    store = tmp_path / "s"
+    manyruns.plan(write_recipe(tiny_recipe(runs=4, subset="1.0").replace("[record]", "label_noise = [0.0, 0.5]\n[record]")), store)
+    manyruns.train(store, executor="serial", progress=False)
+    pop = manyruns.open(store)
+    fit_curves(pop).save(pop)
+    ensemble_curve(pop).save(pop)
+    report = manyruns.write_report(pop, tmp_path / "site")
+    assert report.sections == ["overview", "fit_curves", "ensemble-test"] and report.notes == []
+    assert all((tmp_path / "site" / "figures" / f"{name}.png").stat().st_size > 0 for name in ("fit-curves", "ensemble-test", "accuracy", "epochs"))
+    page = (tmp_path / "site" / "index.html").read_text()
+    assert "labels:0.5" not in page  # the level names are in the figure, the lines say how many
+    assert "2 levels from 4 runs" in page
