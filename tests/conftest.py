@@ -66,3 +66,12 @@ def demo(tmp_path_factory):
     result = subprocess.run([sys.executable, "-m", "manyruns.cli", "demo", "--out", str(out), "--json"], capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stderr
     return out, json.loads(result.stdout)
+
+
+def as_in_a_terminal() -> None:
+    """``preexec_fn`` of a command that a test interrupts: Ctrl-C's default action, as in a
+    terminal's foreground job. A test run started in the background by a shell without job
+    control inherits SIGINT ignored, and so would every command it starts."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

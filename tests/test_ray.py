@@ -26,7 +26,7 @@ import manyruns  # noqa: E402
 from manyruns.errors import ClusterError, InputError, OptionError  # noqa: E402
 from manyruns.store import Store  # noqa: E402
 
-from .conftest import tiny_recipe  # noqa: E402
+from .conftest import as_in_a_terminal, tiny_recipe  # noqa: E402
 
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", **RAY_ENV}
@@ -112,7 +112,7 @@ class Watched:
     def __init__(self, *args: str):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "manyruns.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=as_in_a_terminal,
         )
         self.seen: set[int] = set()
         self._thread = threading.Thread(target=self._watch, daemon=True)

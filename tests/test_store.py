@@ -16,7 +16,7 @@ import pytest
 import manyruns
 from manyruns.store import Store, StoreError
 
-from .conftest import tiny_recipe
+from .conftest import as_in_a_terminal, tiny_recipe
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -164,7 +164,7 @@ def test_ctrl_c_keeps_committed_runs(tmp_path, reference):
     manyruns.plan(many, store)
     proc = subprocess.Popen(
         [sys.executable, "-m", "manyruns.cli", "train", str(store), "--quiet", "--workers", "1", "--group-size", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True, preexec_fn=as_in_a_terminal,
     )
     wait_for_commits(store, 2)
     finished_before_signal = proc.poll() is not None
