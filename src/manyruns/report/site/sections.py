@@ -55,7 +55,7 @@ def overview(pop: Population, runs: np.ndarray, out: Path, ensemble: dict | None
     layout = pop.layout
     sec = Section("overview", "Overview")
     sec.lines = [
-        f"recipe {pop.recipe.name}: {pop.recipe.description or ''}",
+        f"recipe {pop.recipe.name}" + (f": {pop.recipe.description}" if pop.recipe.description else ""),
         f"dataset {fp.get('name')}: {layout['n_train']:,} training and {layout['n_test']:,} test examples, {layout['num_classes']} classes",
         f"runs planned {pop.num_runs:,}; committed {int(pop.committed.sum()):,}; ok {counts.get('ok', 0):,}; "
         f"diverged {counts.get('diverged', 0):,}; failed {counts.get('failed', 0):,}; pending {counts.get('pending', 0):,}",
@@ -102,7 +102,12 @@ def _ensemble(ax, ensemble: dict, knn: Saved | None) -> None:
     ax.plot(ensemble["sizes"], 100 * np.asarray(ensemble["logit_accuracy"]), marker="o", ms=3, label="ensemble (mean logits)")
     if knn is not None:
         ax.plot(knn.array("run_counts"), 100 * knn.array("accuracy"), marker="s", ms=3, label=f"kernel k-NN (k = {knn.params.get('k')})")
+    from matplotlib.ticker import NullLocator
+
     ax.set_xscale("log")
+    sizes = [int(n) for n in ensemble["sizes"]]
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticks(sizes, [str(n) for n in sizes])  # the run counts themselves, not powers of ten
     ax.set_xlabel("runs")
     ax.set_ylabel("test accuracy (%)")
     ax.legend(fontsize=7)
