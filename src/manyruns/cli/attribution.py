@@ -56,11 +56,11 @@ def _load_scores(spec: str, pop, eval_runs: np.ndarray, fit_runs: str) -> tuple[
     if spec == "kernel":
         from ..analysis.kernel import KernelOptions, PopulationLogits, kernel_matrix
 
-        chosen = [int(r) for r in pop.select(fit_runs) if r not in set(eval_runs.tolist())]
+        chosen = np.setdiff1d(pop.select(fit_runs), eval_runs)  # sorted, without the evaluation runs
         if len(chosen) < 2:
             fail("--scores kernel: needs at least 2 ok runs outside the evaluation runs (--fit-runs)", 2)
-        source = PopulationLogits(pop, np.asarray(chosen), ("train", "test"))
-        return kernel_matrix(source, "test", KernelOptions()), np.asarray(chosen)
+        source = PopulationLogits(pop, chosen, ("train", "test"))
+        return kernel_matrix(source, "test", KernelOptions()), chosen
     path = Path(spec)
     if not path.is_file():
         fail(f"--scores {spec}: no such file (give a .npy or .npz of scores, or 'kernel')", 2)

@@ -28,7 +28,7 @@ from ...errors import InputError, check_choice, check_number
 from ...population import Population
 from ...streaming import run_blocks
 from ..contract import Options, Result, options_of
-from .outputs import OUTPUTS, model_output
+from .outputs import OUTPUTS, masks_and_outputs, model_output
 
 ESTIMATORS = ("ridge", "diffmeans")
 
@@ -169,7 +169,6 @@ def datamodels(pop: Population, options: DatamodelOptions | None = None, **field
             acc.add(pop.read("mask/train", block).astype(bool), model_output(pop.read("logits/test", block), labels, options.output))
         scores, intercept = acc.finish()
     else:
-        masks = np.concatenate([pop.read("mask/train", b).astype(np.float32) for b in run_blocks(runs, options.block_size)])
-        outs = np.concatenate([model_output(pop.read("logits/test", b), labels, options.output) for b in run_blocks(runs, options.block_size)])
-        scores, intercept, alpha, validation = fit_ridge(masks, outs, options.alphas, options.holdout)
+        masks, outs = masks_and_outputs(pop, runs, options.output, options.block_size)
+        scores, intercept, alpha, validation = fit_ridge(masks.astype(np.float32), outs, options.alphas, options.holdout)
     return DatamodelResult(scores=scores, intercept=intercept, alpha=alpha, validation=validation, runs=runs, options=options)

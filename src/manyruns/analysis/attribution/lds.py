@@ -25,9 +25,8 @@ from scipy.stats import rankdata
 
 from ...errors import InputError, check_choice, check_number
 from ...population import Population
-from ...streaming import run_blocks
 from ..contract import Options, Result, options_of
-from .outputs import OUTPUTS, model_output
+from .outputs import OUTPUTS, masks_and_outputs
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,9 +134,7 @@ def lds(pop: Population, scores: np.ndarray, options: LdsOptions | None = None, 
     """LDS of ``scores (T, N)`` on the selected evaluation runs of ``pop`` (see the module)."""
     options = options_of(LdsOptions, options, fields)
     runs = pop.select(options.runs)
-    labels = pop.targets("test")
-    masks = np.concatenate([pop.read("mask/train", b).astype(bool) for b in run_blocks(runs, options.block_size)])
-    outs = np.concatenate([model_output(pop.read("logits/test", b), labels, options.output) for b in run_blocks(runs, options.block_size)])
+    masks, outs = masks_and_outputs(pop, runs, options.output, options.block_size)
     result = lds_from_arrays(np.asarray(scores), masks, outs, options)
     result.runs = runs
     return result
@@ -192,9 +189,7 @@ class GroundTruth:
 
 def ground_truth(pop: Population, runs: np.ndarray, output: str, block_size: int = 64) -> GroundTruth:
     """The evaluation runs grouped by subset, outputs averaged over each subset's seeds."""
-    labels = pop.targets("test")
-    masks = np.concatenate([pop.read("mask/train", b).astype(bool) for b in run_blocks(runs, block_size)])
-    outs = np.concatenate([model_output(pop.read("logits/test", b), labels, output) for b in run_blocks(runs, block_size)])
+    masks, outs = masks_and_outputs(pop, runs, output, block_size)
     groups = group_subsets(masks)
     return GroundTruth(
         masks=np.stack([masks[g[0]] for g in groups]), values=np.stack([outs[g].mean(0) for g in groups]),

@@ -39,3 +39,10 @@ def outputs(pop: Population, runs: np.ndarray, kind: str, split: str = "test", b
     labels = pop.targets(split)
     parts = [model_output(pop.read(f"logits/{split}", block), labels, kind) for block in run_blocks(runs, block_size)]
     return np.concatenate(parts) if parts else np.zeros((0, labels.size))
+
+
+def masks_and_outputs(pop: Population, runs: np.ndarray, kind: str, block_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """``(masks (R, N) bool, outputs (R, T) float64)`` of the selected runs on the test examples."""
+    masks = [pop.read("mask/train", block).astype(bool) for block in run_blocks(runs, block_size)]
+    n_train = int(pop.layout["n_train"])
+    return (np.concatenate(masks) if masks else np.zeros((0, n_train), dtype=bool)), outputs(pop, runs, kind, "test", block_size)
