@@ -77,6 +77,26 @@ def test_layout_shapes_and_attributes(tmp_path, write_recipe):
     assert not pop.committed.any() and (pop.runs.status == "pending").all()
 
 
+def test_the_first_examples_of_a_dataset(tmp_path, write_recipe):
+    """data.train_examples / test_examples keep the first N of each split, in order, in the
+    store's layout, labels and fingerprint; training and reading back use the same cut."""
+    from manyruns.data import load_dataset
+
+    text = tiny_recipe(runs=2).replace('normalize = "unit"', 'normalize = "unit"\ntrain_examples = 300\ntest_examples = 40')
+    pop = manyruns.plan(write_recipe(text), tmp_path / "s")
+    full = load_dataset("digits")
+    assert pop.array("logits/train").shape == (2, 300, 10) and pop.array("logits/test").shape == (2, 40, 10)
+    assert np.array_equal(pop.targets("train"), full.y_train[:300]) and np.array_equal(pop.targets("test"), full.y_test[:40])
+    assert pop.store.fingerprint["train_shape"][0] == 300
+    manyruns.train(tmp_path / "s", executor="serial", progress=False)
+    data = manyruns.open(tmp_path / "s").dataset()
+    assert np.array_equal(data.x_train, full.x_train[:300]) and data.n_test == 40
+    too_many = text.replace("train_examples = 300", "train_examples = 5000")
+    result = cli("plan", str(write_recipe(too_many, "big.toml")), str(tmp_path / "big"))
+    assert result.returncode == 2 and "data.train_examples" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "big").exists()
+
+
 def test_plan_is_idempotent_grows_and_refuses(tmp_path, write_recipe):
     store = tmp_path / "s"
     manyruns.plan(write_recipe(tiny_recipe(runs=4)), store)

@@ -88,6 +88,11 @@ class DataSection(_Section):
     """unit: pixels in [0, 1]; symmetric: [-1, 1]; standard: per-channel mean 0 and variance 1
     (statistics of the training set)."""
     augment: Augment = Augment()
+    train_examples: int | None = Field(None, ge=1)
+    """Use only the first N training examples, in the dataset's order (all when unset): the
+    small fixed sets of attribution benchmarks, e.g. 5,000 MNIST images."""
+    test_examples: int | None = Field(None, ge=1)
+    """Use only the first N test examples (all when unset)."""
 
 
 # ---------------------------------------------------------------------------------- model

@@ -72,6 +72,19 @@ class Dataset:
     def n_test(self) -> int:
         return int(self.x_test.shape[0])
 
+    def head(self, n_train: int | None = None, n_test: int | None = None) -> "Dataset":
+        """The first ``n_train`` training and ``n_test`` test examples (all where None); the
+        same object when nothing is cut. A count above the split's size raises ValueError."""
+        if n_train is None and n_test is None:
+            return self
+        for split, n, have in (("train", n_train, self.n_train), ("test", n_test, self.n_test)):
+            if n is not None and n > have:
+                raise ValueError(f"{split} has {have:,} examples, {n:,} asked for")
+        tr, te = slice(n_train), slice(n_test)
+        return Dataset(
+            self.name, self.x_train[tr].copy(), self.y_train[tr].copy(), self.x_test[te].copy(), self.y_test[te].copy(), self.classes, self.source
+        )
+
     def fingerprint(self) -> dict:
         """Shapes, class count and hashes of the labels and of the pixels.
 

@@ -13,7 +13,7 @@ from .base import DATA_ENV, Dataset, check_fingerprint
 from .loaders import load_dataset
 
 # Per-process cache: a training worker trains many groups of the same store.
-_DATASETS: dict[tuple[str, str | None], Dataset] = {}
+_DATASETS: dict[tuple, Dataset] = {}
 
 
 def data_root_for(recorded: str | None, data_dir: str | os.PathLike | None) -> str | None:
@@ -23,13 +23,20 @@ def data_root_for(recorded: str | None, data_dir: str | os.PathLike | None) -> s
     return os.environ.get(DATA_ENV) or recorded
 
 
-def dataset_for(name: str, fingerprint: dict, recorded: str | None, data_dir: str | os.PathLike | None, where: str) -> Dataset:
-    """Dataset ``name`` from the root :func:`data_root_for` gives, checked against
-    ``fingerprint`` (``where`` names the store in the error); cached per process."""
+def dataset_for(
+    name: str, fingerprint: dict, recorded: str | None, data_dir: str | os.PathLike | None, where: str, head: tuple[int | None, int | None] = (None, None)
+) -> Dataset:
+    """Dataset ``name`` from the root :func:`data_root_for` gives, cut to its first ``head``
+    training and test examples, checked against ``fingerprint`` (``where`` names the store in
+    the error); cached per process."""
     root = data_root_for(recorded, data_dir)
-    key = (name, root)
+    key = (name, root, head)
     if key not in _DATASETS:
         dataset = load_dataset(name, root)
+        try:
+            dataset = dataset.head(*head)
+        except ValueError:
+            pass  # the fingerprint check below names the difference
         check_fingerprint(fingerprint, dataset, where)
         _DATASETS[key] = dataset
     return _DATASETS[key]
@@ -38,4 +45,5 @@ def dataset_for(name: str, fingerprint: dict, recorded: str | None, data_dir: st
 def store_dataset(store, data_dir: str | os.PathLike | None = None) -> Dataset:
     """The dataset of a :class:`~manyruns.store.Store` (its recipe's dataset, its fingerprint,
     its recorded root)."""
-    return dataset_for(store.recipe.data.dataset, store.fingerprint, store.meta.get("data_dir"), data_dir, str(store.path))
+    data = store.recipe.data
+    return dataset_for(data.dataset, store.fingerprint, store.meta.get("data_dir"), data_dir, str(store.path), (data.train_examples, data.test_examples))

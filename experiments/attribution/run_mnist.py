@@ -1,0 +1,389 @@
+"""Data attribution on MNIST in the settings of dattri's benchmark, judged by the LDS.
+
+Logistic regression and an MLP on the first 5,000 training and 500 test images of MNIST
+(recipes ``mnist-lr.toml`` and ``mnist-mlp.toml`` beside this file). Per model, four stores
+under ``runs/attribution/<model>/``:
+
+* ``fit``:  runs on random 50% subsets, one seed each, the population datamodels and the kernel
+  are fitted on (their first 100, 300, 1,000, ... runs);
+* ``eval``: the evaluation block, 100 subsets x 5 seeds (another population seed, so no subset
+  is shared with ``fit``): the LDS ground truth, with its noise ceiling;
+* ``half``: 50 runs on 50% subsets with their final weights (TRAK's models, as in dattri);
+* ``full``: 10 runs on the whole 5,000 with their final weights (influence functions and
+  TracIn's ensemble, as in dattri).
+
+The target is dattri's: the negated test loss (``neg_loss``). Methods: manyruns' difference of
+means and ridge datamodels and the ensemble kernel (raw, and signed by label agreement) at each
+number of fit runs; through dattri (a benchmark-only extra): influence functions (explicit for
+logistic regression, conjugate gradients), TracIn (10 full models), Grad-Dot, TRAK-1/10/50
+(512 projection dimensions). For influence functions the regularization is chosen on the LDS
+as dattri's benchmark script does (best of its grid), which flatters them; the datamodels choose
+their penalty on held-out fit runs only.
+
+    python experiments/attribution/run_mnist.py train lr --fit-runs 3000
+    python experiments/attribution/run_mnist.py score lr
+    python experiments/attribution/run_mnist.py evaluate lr
+    python experiments/attribution/run_mnist.py summary          # docs/attribution/results.{json,md}
+
+Every stage resumes: stores grow and train what is missing, scores already written are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import manyruns
+from manyruns.analysis.attribution import datamodels, lds
+from manyruns.analysis.attribution.lds import ground_truth
+from manyruns.recipe import Recipe
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1] / "runs" / "attribution"
+DOCS = HERE.parents[1] / "docs" / "attribution"
+OUTPUT = "neg_loss"  # dattri's MNIST target: the negated cross-entropy loss
+
+SETTINGS = {
+    "lr": {"recipe": "mnist-lr.toml", "fit_steps": [100, 300, 1000, 3000], "group_size": 100},
+    "mlp": {"recipe": "mnist-mlp.toml", "fit_steps": [100, 300, 1000, 2000], "group_size": 16},
+}
+STORES = {
+    "fit": {"population.seed": 0, "population.subset": 0.5, "record.logits": ["train", "test"]},
+    "eval": {"population.seed": 1, "population.subset": 0.5, "population.seeds_per_subset": 5, "population.runs": 500},
+    "half": {"population.seed": 2, "population.subset": 0.5, "population.runs": 50},
+    "full": {"population.seed": 3, "population.subset": 1.0, "population.runs": 10},
+}
+IF_REGULARIZATION = [1e0, 1e-1, 1e-2, 5e-3, 1e-3, 1e-4, 1e-5]  # dattri's grid
+TRAK_DIMS = 512
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, sort_keys=True))
+
+
+def store_recipe(model: str, kind: str, fit_runs: int) -> Recipe:
+    base = Recipe.load(HERE / SETTINGS[model]["recipe"])
+    overrides = dict(STORES[kind])
+    if kind == "fit":
+        overrides["population.runs"] = fit_runs
+    if kind in ("half", "full"):
+        overrides["record.weights"] = [base.training.epochs]
+    return base.with_overrides(overrides)
+
+
+# ----------------------------------------------------------------------------------- train
+
+
+def train(model: str, fit_runs: int, workers: int) -> None:
+    times_path = ROOT / model / "train_times.json"
+    times = read_json(times_path)
+    for kind in ("eval", "full", "half", "fit"):
+        path = ROOT / model / kind
+        pop = manyruns.plan(store_recipe(model, kind, fit_runs), path)
+        todo = int((~pop.committed).sum())
+        if not todo:
+            continue
+        log(f"{model}/{kind}: training {todo} runs")
+        t0 = time.perf_counter()
+        report = manyruns.train(path, workers=workers, progress=False, group_size=SETTINGS[model]["group_size"])
+        if report.failed or report.remaining:
+            raise SystemExit(f"{model}/{kind}: training left runs undone: {report}")
+        done = manyruns.open(path)
+        entry = times.get(kind, {"seconds": 0.0, "runs": 0})
+        entry = {"seconds": entry["seconds"] + time.perf_counter() - t0, "runs": entry["runs"] + todo}
+        entry["seconds_per_run"] = entry["seconds"] / entry["runs"]
+        times[kind] = entry
+        write_json(times_path, times)
+        log(f"{model}/{kind}: {todo} runs in {time.perf_counter() - t0:.0f} s; committed {int(done.committed.sum())}")
+
+
+# ----------------------------------------------------------------------------------- dattri
+
+
+def inputs(pop) -> tuple:
+    """The training and test inputs exactly as the engine scaled them, and the labels."""
+    import torch
+
+    from manyruns.training.data import prepare
+
+    data = prepare(pop.dataset(), pop.store.recipe, "none", torch.device("cpu"))
+    y_train = torch.from_numpy(pop.targets("train").astype(np.int64))
+    return data.x_train.flatten(1), y_train, data.x_test.flatten(1), data.y_test
+
+
+class Net:
+    """A plain torch module with the store's parameter layout (``hidden.k``, ``out``)."""
+
+    @staticmethod
+    def build(widths: list[int]):
+        import torch
+        from torch import nn
+
+        class MLP(nn.Module):
+            def __init__(self):
+                super().__init__()
+                sizes = [784, *widths]
+                self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+                self.out = nn.Linear(sizes[-1], 10)
+
+            def forward(self, x):
+                for layer in self.hidden:
+                    x = torch.relu(layer(x))
+                return self.out(x)
+
+        return MLP().eval()  # dropout off, as dattri's attributors use the model
+
+    @staticmethod
+    def state_dicts(pop, epoch: int) -> list[dict]:
+        import torch
+
+        W = np.asarray(pop.array(f"weights/epoch_{epoch}")[:], dtype=np.float32)
+        out = []
+        for row in W:
+            out.append({p["name"]: torch.from_numpy(row[p["start"] : p["end"]].reshape(p["shape"]).copy()) for p in pop.layout["params"]})
+        return out
+
+
+def dattri_scores(model: str, method: str, grid_value=None) -> np.ndarray:
+    """``(T, N)`` scores of a dattri attributor on the ``full``/``half`` store's models."""
+    import torch
+    from dattri.algorithm.influence_function import IFAttributorCG, IFAttributorExplicit
+    from dattri.algorithm.tracin import TracInAttributor
+    from dattri.algorithm.trak import TRAKAttributor
+    from dattri.task import AttributionTask
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    kind = "half" if method.startswith("trak") else "full"
+    pop = manyruns.open(ROOT / model / kind)
+    recipe = pop.store.recipe
+    net = Net.build(list(recipe.model.widths))
+    ckpts = Net.state_dicts(pop, recipe.training.epochs)
+    x_tr, y_tr, x_te, y_te = inputs(pop)
+    train_set, test_set = TensorDataset(x_tr, y_tr), TensorDataset(x_te, y_te)
+    train_loader = DataLoader(train_set, batch_size=500, shuffle=False)
+    test_loader = DataLoader(test_set, batch_size=500, shuffle=False)
+    ce = nn.CrossEntropyLoss()
+
+    def loss_batch(params, batch):
+        x, y = batch
+        return ce(torch.func.functional_call(net, params, x), y)
+
+    def loss_one(params, batch):
+        x, y = batch
+        return ce(torch.func.functional_call(net, params, x.unsqueeze(0)), y.unsqueeze(0))
+
+    def trak_margin(params, batch):  # TRAK's output: log p / (1 - p) of the label
+        logp = -loss_one(params, batch)
+        return logp - torch.log(1 - torch.exp(logp))
+
+    def trak_prob(params, batch):
+        return torch.exp(-loss_one(params, batch))
+
+    if method in ("if-explicit", "if-cg"):
+        task = AttributionTask(model=net, loss_func=loss_batch, checkpoints=ckpts[0])
+        cls = IFAttributorExplicit if method == "if-explicit" else IFAttributorCG
+        extra = {"max_iter": 10} if method == "if-cg" else {}
+        attributor = cls(task=task, device="cpu", regularization=grid_value, **extra)
+        attributor.cache(DataLoader(train_set, batch_size=5000, shuffle=False))
+        with torch.no_grad():
+            score = attributor.attribute(train_loader, test_loader)
+    elif method in ("tracin", "grad-dot"):
+        k = 10 if method == "tracin" else 1
+        task = AttributionTask(model=net, loss_func=loss_one, checkpoints=ckpts[:k])
+        attributor = TracInAttributor(task=task, weight_list=torch.ones(k) * 1e-3, normalized_grad=False, device="cpu")
+        with torch.no_grad():
+            score = attributor.attribute(train_loader, test_loader)
+    elif method.startswith("trak-"):
+        k = int(method.split("-")[1])
+        task = AttributionTask(model=net, loss_func=trak_margin, checkpoints=ckpts[:k])
+        attributor = TRAKAttributor(task=task, correct_probability_func=trak_prob, device="cpu", projector_kwargs={"proj_dim": TRAK_DIMS, "device": "cpu"})
+        attributor.cache(train_loader)
+        with torch.no_grad():
+            score = attributor.attribute(test_loader)
+    else:
+        raise ValueError(method)
+    return np.asarray(score.T.cpu().numpy(), dtype=np.float32)  # dattri's (N, T) -> (T, N)
+
+
+# ----------------------------------------------------------------------------------- score
+
+
+def score(model: str, only: list[str] | None) -> None:
+    folder = ROOT / model / "scores"
+    folder.mkdir(parents=True, exist_ok=True)
+    times_path = ROOT / model / "score_times.json"
+    times = read_json(times_path)
+    fit = manyruns.open(ROOT / model / "fit")
+    eval_pop = manyruns.open(ROOT / model / "eval")
+    n_fit = int(fit.committed.sum())
+    labels_train, labels_test = fit.targets("train"), fit.targets("test")
+    same = (labels_test[:, None] == labels_train[None, :]).astype(np.float32) * 2 - 1
+
+    def save(name: str, make) -> None:
+        if (only and not any(name.startswith(o) for o in only)) or (folder / f"{name}.npy").exists():
+            return
+        log(f"{model}: scoring {name}")
+        t0 = time.perf_counter()
+        s = make()
+        times[name] = time.perf_counter() - t0
+        np.save(folder / f"{name}.npy", np.asarray(s, dtype=np.float32))
+        write_json(times_path, times)
+        log(f"{model}: {name} in {times[name]:.1f} s")
+
+    for R in SETTINGS[model]["fit_steps"]:
+        if R > n_fit:
+            continue
+        runs = f"0-{R - 1}"
+        save(f"diffmeans-{R}", lambda: datamodels(fit, runs=runs, output=OUTPUT, estimator="diffmeans").scores)
+        save(f"ridge-{R}", lambda: datamodels(fit, runs=runs, output=OUTPUT, estimator="ridge").scores)
+
+        def kernel():
+            from manyruns.analysis.kernel import KernelOptions, PopulationLogits, kernel_matrix
+
+            return kernel_matrix(PopulationLogits(fit, np.arange(R), ("train", "test")), "test", KernelOptions())
+
+        save(f"kernel-{R}", kernel)
+        if (folder / f"kernel-{R}.npy").exists():
+            save(f"kernel_signed-{R}", lambda: np.load(folder / f"kernel-{R}.npy") * same)
+    # Influence functions: dattri's regularization grid, every value kept (evaluate picks the best).
+    for method in (["if-explicit"] if model == "lr" else []) + ["if-cg"]:
+        for reg in IF_REGULARIZATION:
+            save(f"{method}@{reg:g}", lambda: dattri_scores(model, method, reg))
+    for method in ("tracin", "grad-dot", "trak-1", "trak-10", "trak-50"):
+        save(method, lambda: dattri_scores(model, method))
+    _ = eval_pop
+
+
+# -------------------------------------------------------------------------------- evaluate
+
+
+def evaluate(model: str) -> None:
+    """LDS of every saved score by manyruns (with its interval and the noise ceiling) and by
+    dattri's metric on the same ground truth written in dattri's layout; both timed."""
+    import torch
+    from dattri.metric import lds as dattri_lds
+
+    eval_pop = manyruns.open(ROOT / model / "eval")
+    runs = eval_pop.select("ok")
+    gt_path = ROOT / model / "ground_truth.npz"
+    if not gt_path.exists():
+        ground_truth(eval_pop, runs, OUTPUT).save(gt_path)
+    gt = np.load(gt_path)
+    values, indices = torch.from_numpy(gt["values"]).float(), torch.from_numpy(gt["indices"]).long()
+    results_path = ROOT / model / "lds.json"
+    results = read_json(results_path)
+    for path in sorted((ROOT / model / "scores").glob("*.npy")):
+        name = path.stem
+        if name in results:
+            continue
+        s = np.load(path)
+        t0 = time.perf_counter()
+        ours = lds(eval_pop, s, runs=runs, output=OUTPUT)
+        t_ours = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        theirs = dattri_lds(torch.from_numpy(s.T.copy()), (values, indices))[0].numpy()
+        t_theirs = time.perf_counter() - t0
+        ok = np.isfinite(theirs) & np.isfinite(ours.per_test)
+        results[name] = {
+            "lds": ours.lds,
+            "ci": list(ours.ci),
+            "ceiling": ours.ceiling,
+            "dattri_lds": float(np.nanmean(theirs)),
+            "max_abs_difference": float(np.max(np.abs(theirs[ok] - ours.per_test[ok]))) if ok.any() else None,
+            "seconds_manyruns": t_ours,
+            "seconds_dattri": t_theirs,
+        }
+        write_json(results_path, results)
+        log(f"{model}: {name}: LDS {ours.lds:.3f} [{ours.ci[0]:.3f}, {ours.ci[1]:.3f}] (dattri {results[name]['dattri_lds']:.3f}); ceiling {ours.ceiling}")
+
+
+# --------------------------------------------------------------------------------- summary
+
+
+def summary() -> None:
+    out = {}
+    lines = ["# Attribution on MNIST (dattri's settings): LDS of each method", ""]
+    for model in SETTINGS:
+        res = read_json(ROOT / model / "lds.json")
+        if not res:
+            continue
+        train_t = read_json(ROOT / model / "train_times.json")
+        score_t = read_json(ROOT / model / "score_times.json")
+        per_run = {k: v["seconds_per_run"] for k, v in train_t.items()}
+        best_if = {}
+        for name, r in res.items():
+            if "@" in name:
+                method = name.split("@")[0]
+                if method not in best_if or r["lds"] > res[best_if[method]]["lds"]:
+                    best_if[method] = name
+        rows = []
+        for name, r in sorted(res.items()):
+            if "@" in name and best_if.get(name.split("@")[0]) != name:
+                continue
+            method, _, R = name.partition("-") if name.split("-")[0] in ("diffmeans", "ridge", "kernel", "kernel_signed") else (name, "", "")
+            if "@" in name:
+                models_trained = 1
+                method = name
+            elif method in ("diffmeans", "ridge", "kernel", "kernel_signed"):
+                models_trained = int(R)
+            elif name.startswith("trak-"):
+                models_trained = int(name.split("-")[1])
+            elif name == "tracin":
+                models_trained = 10
+            else:
+                models_trained = 1
+            kind = "half" if name.startswith("trak") or method in ("diffmeans", "ridge", "kernel", "kernel_signed") else "full"
+            seconds = models_trained * per_run.get("fit" if kind == "half" and not name.startswith("trak") else kind, float("nan")) + score_t.get(name, 0.0)
+            rows.append({"method": method, "models": models_trained, **r, "score_seconds": score_t.get(name), "total_seconds": seconds})
+        ceiling = next(iter(res.values()))["ceiling"]
+        out[model] = {"rows": rows, "ceiling": ceiling, "train_seconds_per_run": per_run}
+        lines += [f"## {model.upper()} (noise ceiling {ceiling:.3f})", "", "| method | models trained | LDS | 95% CI | dattri's LDS | max diff | training + scoring (s) |", "|---|---|---|---|---|---|---|"]
+        for r in sorted(rows, key=lambda r: (r["method"].split("@")[0], r["models"])):
+            lines.append(
+                f"| {r['method']} | {r['models']} | {r['lds']:.3f} | [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] | {r['dattri_lds']:.3f} | "
+                f"{r['max_abs_difference']:.1e} | {r['total_seconds']:.0f} |"
+            )
+        lines.append("")
+    write_json(DOCS / "results.json", out)
+    (DOCS / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("stage", choices=["train", "score", "evaluate", "summary"])
+    ap.add_argument("model", nargs="?", choices=list(SETTINGS))
+    ap.add_argument("--fit-runs", type=int, default=None, help="runs in the fit store (default: the largest step)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--only", nargs="*", help="score only the methods whose names start so")
+    a = ap.parse_args(argv)
+    if a.stage != "summary" and a.model is None:
+        ap.error("give the model (lr or mlp)")
+    if a.stage == "train":
+        train(a.model, a.fit_runs or SETTINGS[a.model]["fit_steps"][-1], a.workers)
+    elif a.stage == "score":
+        score(a.model, a.only)
+    elif a.stage == "evaluate":
+        evaluate(a.model)
+    else:
+        summary()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
