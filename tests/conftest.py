@@ -68,6 +68,21 @@ def demo(tmp_path_factory):
     return out, json.loads(result.stdout)
 
 
+def cli_here(*args: str) -> subprocess.CompletedProcess:
+    """A command run in this process, as fast as its work (no interpreter and torch to start):
+    for the analysis commands, whose output and exit code are what a test checks. An exception
+    other than the exit raises here, so a traceback fails the test. Commands whose process
+    matters (signals, workers, the environment) run as real processes in their tests."""
+    from typer.testing import CliRunner
+
+    from manyruns.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
+
+
 def as_in_a_terminal() -> None:
     """``preexec_fn`` of a command that a test interrupts: Ctrl-C's default action, as in a
     terminal's foreground job. A test run started in the background by a shell without job

@@ -5,9 +5,6 @@ and the commands."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -25,7 +22,7 @@ from manyruns.analysis.heldout.influence_products import exact_binary_precision
 from manyruns.streaming import topk as topk_by_value_then_index
 from manyruns.report.heldout import extremes_grid, extremes_per_class, influence_grid, influence_rows
 
-from .conftest import tiny_recipe
+from .conftest import cli_here, tiny_recipe
 from .heldout_helpers import (
     array_store,
     check_topk,
@@ -39,11 +36,9 @@ from .heldout_helpers import (
     values_dense,
 )
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "manyruns.cli", *args], capture_output=True, text=True, env=ENV)
+cli = cli_here  # the analysis commands, in this process
 
 
 @pytest.fixture(scope="module")

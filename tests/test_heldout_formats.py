@@ -4,10 +4,7 @@ imported store, export and import round-trip, and bad files are named with nothi
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,15 +17,14 @@ from manyruns.analysis.heldout import influence
 from manyruns.data import load_dataset
 from manyruns.formats.heldout import HeldoutFormatError, export_release, import_release, read_run, scan_release
 
+from .conftest import cli_here
 from .heldout_helpers import array_store, check_topk, dense_cscore, dense_influence_matrix, dense_memorization, values_dense
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 DIGITS = load_dataset("digits")
 N, T = DIGITS.n_train, DIGITS.n_test
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "manyruns.cli", *args], capture_output=True, text=True, env=ENV)
+cli = cli_here  # the analysis commands, in this process
 
 
 def exact_mask(rng: np.random.Generator, ratio: float, size: int | None = None) -> np.ndarray:
