@@ -13,8 +13,7 @@ from scipy.stats import spearmanr
 import manyruns
 from manyruns.analysis.attribution import LdsOptions, datamodels, fit_diffmeans, fit_ridge, lds_from_arrays, model_output
 
-from .conftest import tiny_recipe
-from .test_cli import run
+from .conftest import cli_here as run, tiny_recipe
 
 
 def test_outputs_match_their_definitions():

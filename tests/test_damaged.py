@@ -4,26 +4,23 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import manyruns
+from manyruns.analysis.heldout import memorization
 from manyruns.errors import DamagedChunkError
 from manyruns.store import Store
 
-from .conftest import tiny_recipe
+from .conftest import cli_here, tiny_recipe
 from .s3server import bucket
 
 ARRAYS = ("logits/train", "logits/test", "mask/train", "labels/train", "metrics", "weights/epoch_3")
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "manyruns.cli", *args], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+cli = cli_here  # the commands, in this process
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +62,7 @@ def test_damaged_chunks_are_named_found_and_repaired(original, tmp_path, s3, whe
     assert result.returncode == 1 and len(lines) == 1, result.stderr
     assert "run 1, array logits/test" in lines[0] and "verify" in lines[0] and "--repair" in lines[0]
     with pytest.raises(DamagedChunkError) as err:
-        manyruns.analysis.heldout.memorization(manyruns.open(target))
+        memorization(manyruns.open(target))
     assert (err.value.run, err.value.array) == (2, "mask/train")
     # verify finds both, exit 1; --repair uncommits them; train redoes them, identical to the original
     result = cli("verify", target, "--json")

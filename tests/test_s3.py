@@ -58,7 +58,7 @@ def trained(s3, tmp_path_factory):
     recipe.write_text(tiny_recipe(runs=6, extra="true_prob = true\n"))
     url = f"s3://{bucket(s3)}/populations/tiny"
     for target in (url, str(root / "local")):
-        result = cli("plan", str(recipe), target)
+        result = invoke("plan", str(recipe), target)
         assert result.returncode == 0, result.stderr
         result = cli("train", target, "--workers", "2", "--quiet")
         assert result.returncode == 0, result.stderr
