@@ -13,7 +13,7 @@ import numpy as np
 
 import manyruns
 
-from .conftest import tiny_recipe
+from .conftest import cli_here, tiny_recipe
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -71,8 +71,8 @@ def test_plan_train_status_json_and_log_epochs(tmp_path):
     recipe = tmp_path / "r.toml"
     recipe.write_text(tiny_recipe(runs=3))
     store = tmp_path / "s"
-    assert "planned 3 runs" in run("plan", str(recipe), str(store)).stdout
-    assert "nothing changed" in run("plan", str(recipe), str(store)).stdout
+    assert "planned 3 runs" in cli_here("plan", str(recipe), str(store)).stdout
+    assert "nothing changed" in cli_here("plan", str(recipe), str(store)).stdout
     result = run("train", str(store), "--workers", "1", "--log-epochs", "--quiet")
     assert result.returncode == 0, result.stderr
     lines = [l for l in result.stdout.splitlines() if l.startswith("run ")]
@@ -80,11 +80,11 @@ def test_plan_train_status_json_and_log_epochs(tmp_path):
     pattern = re.compile(r"run +\d+ (\d{3}): Acc-tr: +[\d.]+, Acc-val: +[\d.]+, L-tr: [\d.]+, L-val: [\d.]+")
     assert all(pattern.fullmatch(l) for l in lines), lines[:2]
     assert "trained 3 runs" in result.stdout
-    info = json.loads(run("status", str(store), "--json").stdout)
+    info = json.loads(cli_here("status", str(store), "--json").stdout)
     assert (info["planned"], info["committed"], info["failed"]) == (3, 3, 0)
     pop = manyruns.open(store)
     assert info["mean_test_acc"] == np.mean(pop.runs.test_acc.to_numpy(dtype=float)).item() or abs(info["mean_test_acc"] - pop.runs.test_acc.mean()) < 1e-9
-    human = run("status", str(store)).stdout
+    human = cli_here("status", str(store)).stdout
     assert "3 planned, 3 committed" in human and "test accuracy" in human
 
 
