@@ -6,13 +6,11 @@ The store holds 8 trained runs; run 1 is marked diverged and run 6 is not commit
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
 import manyruns
 from manyruns.analysis.ensemble import ensemble_curve
@@ -22,12 +20,11 @@ from manyruns.analysis.neighbours import neighbours
 from manyruns.analysis.pairs import pairs
 from manyruns.analysis.randomization import fit_curves
 from manyruns.analysis.zoo import predict_accuracy
-from manyruns.cli import app
 from manyruns.errors import OptionError
 from manyruns.selection import format_runs, parse
 from manyruns.store import Store
 
-from .conftest import tiny_recipe
+from .conftest import cli_here, tiny_recipe
 
 OK = [0, 2, 3, 4, 5, 7]
 COMMITTED = [0, 1, 2, 3, 4, 5, 7]
@@ -47,12 +44,7 @@ def store(tmp_path_factory) -> Path:
     return path
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    """A command run in this process (as fast as the work; stdout and stderr apart)."""
-    result = CliRunner().invoke(app, list(args))
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
+cli = cli_here  # every command, in this process
 
 
 def store_files(path: Path) -> dict[str, int]:

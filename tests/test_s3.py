@@ -19,7 +19,7 @@ import manyruns
 from manyruns.storage import LocalLocation, open_location
 from manyruns.store import Store
 
-from .conftest import tiny_recipe
+from .conftest import cli_here, tiny_recipe
 from .logfiles import write_log, write_tiny_cifar10
 from .s3server import CREDENTIALS, bucket, free_port, start_server  # noqa: F401 - the s3 fixture is in conftest
 from .test_heldout_formats import make_release
@@ -31,16 +31,7 @@ def cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess
     return subprocess.run([sys.executable, "-m", "manyruns.cli", *args], capture_output=True, text=True, env=full, timeout=timeout)
 
 
-def invoke(*args: str) -> subprocess.CompletedProcess:
-    """A command run in this process (the environment points at the fixture's server)."""
-    from typer.testing import CliRunner
-
-    from manyruns.cli import app
-
-    result = CliRunner().invoke(app, list(args))
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
+invoke = cli_here  # a command in this process (the environment points at the fixture's server)
 
 
 def keys(endpoint: str, name: str) -> list[str]:
