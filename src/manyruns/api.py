@@ -103,11 +103,10 @@ def plan(recipe: Recipe | str | os.PathLike, path: str | os.PathLike, data_dir: 
         raise StoreError(f"{path} exists and is not empty")
     root = resolve_data_root(data_dir)
     dataset = load_dataset(recipe.data.dataset, root)
-    try:
-        dataset = dataset.head(recipe.data.train_examples, recipe.data.test_examples)
-    except ValueError as e:
-        field = "data.train_examples" if str(e).startswith("train") else "data.test_examples"
-        raise RecipeError(f"field '{field}': {recipe.data.dataset}'s {e}", field=field) from None
+    for field, asked, have in (("train_examples", recipe.data.train_examples, dataset.n_train), ("test_examples", recipe.data.test_examples, dataset.n_test)):
+        if asked is not None and asked > have:
+            raise RecipeError(f"field 'data.{field}': {recipe.data.dataset} has {have:,} {field.split('_')[0]} examples, {asked:,} asked for", field=f"data.{field}")
+    dataset = dataset.head(recipe.data.train_examples, recipe.data.test_examples)
     noise = recipe.population.label_noise
     if noise is not None and noise.matrix is not None and len(noise.matrix) != dataset.num_classes:
         raise RecipeError(

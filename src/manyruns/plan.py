@@ -17,7 +17,8 @@ import numpy as np
 
 from .data.base import Dataset
 from .data.transforms import corrupt_labels, corrupt_labels_by_matrix, fold_mask, randomize_inputs, subset_mask
-from .recipe import Recipe, sample_sweep
+from .recipe import Recipe
+from .sweeps import sample_sweep
 from .store import RUN_COLUMNS
 from .seeding import Purpose, dataset_stream, generator, key_of, run_seed, run_stream, torch_seed
 

@@ -16,7 +16,6 @@ and, where there is a fixed set, the allowed values. See ``examples/`` for compl
 
 from __future__ import annotations
 
-import math
 import re
 import sys
 from pathlib import Path
@@ -24,6 +23,8 @@ from typing import Annotated, Any, Literal, Union
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
+
+from .sweeps import SweepSpec, sweep_extremes
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -265,32 +266,6 @@ class LabelNoise(_Section):
         return list(self.p) if isinstance(self.p, list) else [self.p]
 
 
-class SweepChoice(_Section):
-    choice: list[Any] = Field(min_length=1)
-
-
-class SweepUniform(_Section):
-    uniform: tuple[float, float]
-
-    @model_validator(mode="after")
-    def _ordered(self) -> "SweepUniform":
-        if not self.uniform[0] <= self.uniform[1]:
-            raise ValueError(f"uniform bounds must be [low, high] with low <= high, got {list(self.uniform)}")
-        return self
-
-
-class SweepLogUniform(_Section):
-    log_uniform: tuple[float, float]
-
-    @model_validator(mode="after")
-    def _positive_ordered(self) -> "SweepLogUniform":
-        lo, hi = self.log_uniform
-        if not 0 < lo <= hi:
-            raise ValueError(f"log_uniform bounds must satisfy 0 < low <= high, got {[lo, hi]}")
-        return self
-
-
-SweepSpec = Union[SweepChoice, SweepUniform, SweepLogUniform]
 SWEEPABLE_SECTIONS = ("data", "model", "optimizer", "schedule", "training")
 
 
@@ -582,22 +557,3 @@ def _check_sweep_targets(recipe: Recipe, source: str | None) -> None:
                     field=f"population.sweep.{key}",
                     source=source,
                 ) from None
-
-
-def sweep_extremes(spec: SweepSpec) -> list[Any]:
-    if isinstance(spec, SweepChoice):
-        return list(spec.choice)
-    if isinstance(spec, SweepUniform):
-        return list(spec.uniform)
-    return list(spec.log_uniform)
-
-
-def sample_sweep(spec: SweepSpec, rng: "np.random.Generator") -> Any:  # noqa: F821
-    """One draw from a sweep distribution (log-uniform: uniform in log space)."""
-    if isinstance(spec, SweepChoice):
-        return spec.choice[int(rng.integers(len(spec.choice)))]
-    if isinstance(spec, SweepUniform):
-        lo, hi = spec.uniform
-        return float(rng.uniform(lo, hi))
-    lo, hi = spec.log_uniform
-    return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
