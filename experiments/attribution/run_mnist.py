@@ -235,7 +235,6 @@ def score(model: str, only: list[str] | None) -> None:
     folder = ROOT / model / "scores"
     folder.mkdir(parents=True, exist_ok=True)
     times_path = ROOT / model / "score_times.json"
-    times = read_json(times_path)
     fit = manyruns.open(ROOT / model / "fit")
     n_fit = int(fit.committed.sum())
     labels_train, labels_test = fit.targets("train"), fit.targets("test")
@@ -247,10 +246,11 @@ def score(model: str, only: list[str] | None) -> None:
         log(f"{model}: scoring {name}")
         t0 = time.perf_counter()
         s = make()
-        times[name] = time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
         np.save(folder / f"{name}.npy", np.asarray(s, dtype=np.float32))
+        times = {**read_json(times_path), name: seconds}  # read again: another score stage may have written
         write_json(times_path, times)
-        log(f"{model}: {name} in {times[name]:.1f} s")
+        log(f"{model}: {name} in {seconds:.1f} s")
 
     for R in SETTINGS[model]["fit_steps"]:
         if R > n_fit:
@@ -327,6 +327,17 @@ def evaluate(model: str) -> None:
 # --------------------------------------------------------------------------------- summary
 
 
+def models_of(method: str) -> tuple[str, str, int]:
+    """A method's row label, the store whose runs its scores come from, and how many of those
+    runs it needed (``ridge-300``: ridge, fit, 300)."""
+    family, _, count = method.rpartition("-")
+    if family in ("diffmeans", "ridge", "kernel", "kernel_signed"):
+        return family, "fit", int(count)
+    if family == "trak":
+        return method, "half", int(count)
+    return method, "full", 10 if method == "tracin" else 1
+
+
 def summary() -> None:
     out = {}
     lines = ["# Attribution on MNIST (dattri's settings): LDS of each method", ""]
@@ -337,32 +348,21 @@ def summary() -> None:
         train_t = read_json(ROOT / model / "train_times.json")
         score_t = read_json(ROOT / model / "score_times.json")
         per_run = {k: v["seconds_per_run"] for k, v in train_t.items()}
-        best_if = {}
+        best = {}  # influence functions: the best regularization of the grid
         for name, r in res.items():
-            if "@" in name:
-                method = name.split("@")[0]
-                if method not in best_if or r["lds"] > res[best_if[method]]["lds"]:
-                    best_if[method] = name
+            method = name.split("@")[0]
+            if "@" in name and (method not in best or r["lds"] > res[best[method]]["lds"]):
+                best[method] = name
         rows = []
         for name, r in sorted(res.items()):
-            if "@" in name and best_if.get(name.split("@")[0]) != name:
+            method = name.split("@")[0]
+            if "@" in name and best[method] != name:
                 continue
-            method, _, R = name.partition("-") if name.split("-")[0] in ("diffmeans", "ridge", "kernel", "kernel_signed") else (name, "", "")
-            if "@" in name:
-                models_trained = 1
-                method = name
-            elif method in ("diffmeans", "ridge", "kernel", "kernel_signed"):
-                models_trained = int(R)
-            elif name.startswith("trak-"):
-                models_trained = int(name.split("-")[1])
-            elif name == "tracin":
-                models_trained = 10
-            else:
-                models_trained = 1
-            kind = "half" if name.startswith("trak") or method in ("diffmeans", "ridge", "kernel", "kernel_signed") else "full"
-            seconds = models_trained * per_run.get("fit" if kind == "half" and not name.startswith("trak") else kind, float("nan")) + score_t.get(name, 0.0)
-            published = PUBLISHED[model].get(name.split("@")[0])
-            rows.append({"method": method, "models": models_trained, **r, "published": published, "score_seconds": score_t.get(name), "total_seconds": seconds})
+            label, store, models = models_of(method)
+            rows.append({
+                "method": name if "@" in name else label, "models": models, **r, "published": PUBLISHED[model].get(method),
+                "score_seconds": score_t.get(name), "total_seconds": models * per_run.get(store, float("nan")) + score_t.get(name, 0.0),
+            })
         ceiling = next(iter(res.values()))["ceiling"]
         out[model] = {"rows": rows, "ceiling": ceiling, "train_seconds_per_run": per_run}
         lines += [f"## {model.upper()} (noise ceiling {ceiling:.3f})", "", "| method | models trained | LDS (5 seeds) | 95% CI | by dattri's metric | max diff | LDS (1 seed) | published (1 seed) | training + scoring (s) |", "|---|---|---|---|---|---|---|---|---|"]
