@@ -11,7 +11,7 @@ from scipy.special import logsumexp
 from scipy.stats import spearmanr
 
 import manyruns
-from manyruns.analysis.attribution import LdsOptions, datamodels, fit_diffmeans, fit_ridge, lds_from_arrays, model_output
+from manyruns.analysis.attribution import LdsOptions, datamodels, fit_diffmeans, fit_neighbour_ridge, fit_ridge, lds_from_arrays, model_output
 
 from .conftest import cli_here as run, tiny_recipe
 
@@ -60,6 +60,47 @@ def test_ridge_equals_scikit_learn_at_the_chosen_penalty():
     np.testing.assert_allclose(scores, ref.coef_, atol=2e-4)
     np.testing.assert_allclose(intercept, ref.intercept_, atol=2e-3)
     assert np.corrcoef(scores.ravel(), w.T.ravel())[0, 1] > 0.5  # it recovers the planted weights
+
+
+def test_neighbour_ridge_equals_scikit_learn_per_test_example():
+    """Each test example: every (size, penalty) fitted by scikit-learn on the first runs, the one
+    of least error on the held-out runs refitted on all; zero outside the neighbours."""
+    from sklearn.linear_model import Ridge
+
+    rng = np.random.default_rng(3)
+    R, N, T = 70, 50, 5
+    masks = rng.random((R, N)) < 0.5
+    near = np.stack([rng.permutation(N) for _ in range(T)])  # (T, N), most similar first
+    w = np.zeros((N, T))
+    for t in range(T):  # the planted influence sits on each test example's first 6 neighbours
+        w[near[t, :6], t] = rng.normal(scale=2.0, size=6)
+    outputs = 0.5 + masks @ w + rng.normal(scale=0.5, size=(R, T))
+    sizes, alphas, holdout = (3, 6, 12, 24), (0.01, 0.1, 1.0, 10.0), 0.2
+    scores, intercept, size, alpha = fit_neighbour_ridge(masks, outputs, near[:, :24], sizes, alphas, holdout)
+    n_fit = R - int(round(holdout * R))
+
+    def ridge(X, y, a):
+        Xc = X - X.mean(0)
+        return Ridge(alpha=a * np.trace(Xc.T @ Xc) / X.shape[1], fit_intercept=True, solver="svd").fit(X, y)
+
+    for t in range(T):
+        errors = {}
+        for k in sizes:
+            X = masks[:, near[t, :k]].astype(np.float64)
+            for a in alphas:
+                model = ridge(X[:n_fit], outputs[:n_fit, t], a)
+                errors[k, a] = np.mean((outputs[n_fit:, t] - model.predict(X[n_fit:])) ** 2)
+        k, a = min(errors, key=errors.get)
+        assert (size[t], alpha[t]) == (k, a)
+        ref = ridge(masks[:, near[t, :k]].astype(np.float64), outputs[:, t], a)
+        expect = np.zeros(N)
+        expect[near[t, :k]] = ref.coef_
+        np.testing.assert_allclose(scores[t], expect, atol=1e-5)
+        assert intercept[t] == pytest.approx(ref.intercept_, abs=1e-5)
+    # with the right neighbours it recovers the planted weights better than ridge on all
+    plain, *_ = fit_ridge(masks.astype(np.float32), outputs, alphas, holdout)
+    err = lambda s: np.mean((s - w.T) ** 2)
+    assert err(scores) < 0.5 * err(plain)
 
 
 def test_lds_equals_spearman_per_test_example_and_its_ceiling():
@@ -129,6 +170,30 @@ def test_datamodels_and_lds_from_the_command_line(subsets, tmp_path):
     assert run("lds", str(subsets), "--scores", str(top), "--eval-runs", "40-59").returncode == 0
     kern = run("lds", str(subsets), "--scores", "kernel", "--fit-runs", "0-39", "--eval-runs", "40-59", "--json")
     assert kern.returncode == 0, kern.stderr and np.isfinite(json.loads(kern.stdout)["lds"])
+
+
+def test_kernel_neighbour_datamodels_from_the_command_line(subsets, tmp_path):
+    from manyruns.analysis.kernel import KernelOptions, PopulationLogits, kernel_matrix
+
+    pop = manyruns.open(subsets)
+    dm = tmp_path / "near.npz"
+    res = run("datamodels", str(subsets), "--fit-runs", "0-39", "--neighbours", "5,10,20", "--output", "neg_loss", "--out", str(dm), "--json")
+    assert res.returncode == 0, res.stderr
+    saved, summary = np.load(dm), json.loads(res.stdout)
+    assert summary["neighbours"]["tried"] == [5, 10, 20] and sum(summary["neighbours"]["chosen"].values()) == pop.layout["n_test"]
+    # every test example's weights lie on its kernel neighbours (the kernel of the fit runs alone)
+    kern = kernel_matrix(PopulationLogits(pop, "0-39"), "test", KernelOptions())
+    order = np.argsort(-kern, axis=1, kind="stable")
+    for t, k in enumerate(saved["neighbours"]):
+        assert k in (5, 10, 20)
+        assert set(np.flatnonzero(saved["scores"][t])) <= set(order[t, :k])
+    api = datamodels(pop, runs="0-39", output="neg_loss", neighbours=(5, 10, 20))
+    np.testing.assert_allclose(saved["scores"], api.scores, rtol=1e-3, atol=1e-6)
+    assert run("lds", str(subsets), "--scores", str(dm), "--eval-runs", "40-59", "--output", "neg_loss").returncode == 0
+    for args, flag in ((["--neighbours", "5", "--estimator", "diffmeans"], "--neighbours"), (["--neighbours", "0"], "--neighbours"),
+                       (["--neighbours", "100000"], "--neighbours"), (["--neighbours", "a,b"], "--neighbours")):
+        bad = run("datamodels", str(subsets), "--fit-runs", "0-39", *args)
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and flag in bad.stderr, (args, bad.stderr)
 
 
 def test_lds_refusals(subsets, tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 import typer
 
 from . import app
-from .common import check_outputs, fail, handle_errors, json_option, open_population, print_json
+from .common import check_outputs, fail, handle_errors, int_list, json_option, open_population, print_json
 
 OUTPUT_HELP = "Model output on a test example: margin (logit of the label minus logsumexp of the others), neg_loss or prob."
 
@@ -21,20 +21,24 @@ def datamodels(
     fit_runs: str = typer.Option("ok", "--fit-runs", help="The runs the datamodels are fitted on (a run selection: ok, N, 0-1999, ...)."),
     output: str = typer.Option("margin", "--output", help=OUTPUT_HELP),
     estimator: str = typer.Option("ridge", "--estimator", help="ridge (penalty chosen on held-out fit runs) or diffmeans (difference of means)."),
+    neighbours: Optional[str] = typer.Option(
+        None, "--neighbours", help="With ridge: fit each test example on its K nearest training examples by the kernel of the fit runs only, K out of these (e.g. 25,50,100,200,400) chosen per test example on held-out fit runs."),
     top: Optional[int] = typer.Option(None, "--top", help="Keep only the K largest scores per test example (indices and values)."),
-    out: Optional[Path] = typer.Option(None, "--out", help=".npz with scores (N_test, N_train) float32, or with --top indices and values; and fit_runs, output, estimator."),
+    out: Optional[Path] = typer.Option(None, "--out", help=".npz with scores (N_test, N_train) float32, or with --top indices and values; and fit_runs, output, estimator (and neighbours chosen)."),
     as_json: bool = json_option(),
 ):
     """Fit a linear model of every test example's output on the runs' training subsets."""
     from ..analysis.attribution import DatamodelOptions, datamodels as fit
 
-    options = DatamodelOptions(runs=fit_runs, output=output, estimator=estimator)
+    options = DatamodelOptions(runs=fit_runs, output=output, estimator=estimator, neighbours=int_list(neighbours, "--neighbours") or ())
     if top is not None and top < 1:
         fail(f"--top must be at least 1, got {top}", 2)
     check_outputs({"--out": out})
     result = fit(open_population(store), options)
     if out is not None:
         extra = {"fit_runs": np.asarray(result.runs, dtype=np.int64), "output": np.array(output), "estimator": np.array(estimator)}
+        if result.neighbours is not None:
+            extra["neighbours"] = result.neighbours  # (N_test,) the size chosen per test example
         if top is not None:
             indices, values = result.top(top)
             np.savez(out, indices=indices, values=values.astype(np.float32), **extra)
@@ -46,7 +50,9 @@ def datamodels(
         return
     line = f"datamodels ({estimator}, {output}) of {s['shape'][0]:,} test examples on {s['shape'][1]:,} training examples from {result.run_count:,} runs"
     if result.alpha is not None:
-        line += f"; relative penalty {result.alpha:g}"
+        line += f"; relative penalty {result.alpha:g}" + (" (median)" if result.neighbours is not None else "")
+    if result.neighbours is not None:
+        line += f"; kernel neighbours per test example: median {s['neighbours']['median']:g}"
     typer.echo(line + ("" if out is None else f"; wrote {out}"))
 
 

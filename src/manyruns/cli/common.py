@@ -193,3 +193,16 @@ def runs_line(summary: dict) -> str:
     from ..selection import format_runs
 
     return f"from {summary['run_count']} runs ({format_runs(summary['runs'], limit=4)})"
+
+
+def int_list(text: Optional[str], flag: str) -> Optional[tuple[int, ...]]:
+    """'3,6,9' -> (3, 6, 9); a one-line error naming ``flag`` otherwise."""
+    if text is None:
+        return None
+    try:
+        values = tuple(int(c) for c in text.split(",") if c.strip())
+    except ValueError:
+        fail(f"{flag} must be integers separated by commas (e.g. 10,20,50), got {text!r}", 2)
+    if not values:
+        fail(f"{flag} needs at least one integer, got {text!r}", 2)
+    return values

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from . import app, import_app
-from .common import check_outputs, csv_option, data_dir_option, deprecated, deprecated_option, emit, fail, handle_errors, json_option, memory_option, open_population, print_json, runs_line, runs_option
+from .common import check_outputs, csv_option, data_dir_option, deprecated, deprecated_option, emit, fail, handle_errors, int_list, json_option, memory_option, open_population, print_json, runs_line, runs_option
 
 PRECISION_HELP = "Operands of the kernel's matrix products: float32, or bfloat16 (faster, about 3 significant digits)."
 MEMORY_HELP = "Memory budget in GiB for the kernel accumulator and the blocks of runs."
@@ -16,22 +16,9 @@ DEVICE_HELP = "cpu, cuda or cuda:N."
 BLOCK_HELP = "Runs read at a time (default: from the memory budget)."
 
 
-def _ints(text: Optional[str], flag: str) -> Optional[tuple[int, ...]]:
-    """'3,6,9' -> (3, 6, 9); a one-line error naming ``flag`` otherwise."""
-    if text is None:
-        return None
-    try:
-        values = tuple(int(c) for c in text.split(",") if c.strip())
-    except ValueError:
-        fail(f"{flag} must be integers separated by commas (e.g. 10,20,50), got {text!r}", 2)
-    if not values:
-        fail(f"{flag} needs at least one integer, got {text!r}", 2)
-    return values
-
-
 def _kernel_options(no_log_softmax: bool, classes: Optional[str], precision: str, device: str, memory_gib: float, block_size: Optional[int]) -> dict:
     return {
-        "log_softmax": not no_log_softmax, "classes": _ints(classes, "--classes"), "precision": precision, "device": device,
+        "log_softmax": not no_log_softmax, "classes": int_list(classes, "--classes"), "precision": precision, "device": device,
         "memory_gib": memory_gib, "block_runs": block_size,
     }
 
@@ -86,7 +73,7 @@ def ensemble(
     from ..analysis.ensemble import EnsembleOptions, ensemble_curve
     from ..report.ensemble import ensemble_table, plot_ensemble
 
-    options = EnsembleOptions(runs=runs, split=split, sizes=_ints(sizes, "--sizes"), block_size=block_size)
+    options = EnsembleOptions(runs=runs, split=split, sizes=int_list(sizes, "--sizes"), block_size=block_size)
     check_outputs({"--plot": plot, "--csv": csv})
     pop = open_population(store)
     curve = ensemble_curve(pop, options)
@@ -169,7 +156,7 @@ def knn(
 
     memory_gib = deprecated("--memory-gb", "--memory-gib", memory_gb, memory_gib, default=4.0)
     _note_run_counts(runs)
-    options = KnnOptions(runs=runs, k=k, power=power, sizes=_ints(sizes, "--sizes"), **_kernel_options(no_log_softmax, classes, precision, device, memory_gib, block_size))
+    options = KnnOptions(runs=runs, k=k, power=power, sizes=int_list(sizes, "--sizes"), **_kernel_options(no_log_softmax, classes, precision, device, memory_gib, block_size))
     check_outputs({"--csv": csv})
     pop = open_population(store)
     result = knn_evaluate(pop, options)

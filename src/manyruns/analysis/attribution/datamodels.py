@@ -16,6 +16,9 @@ outputs ``f_r (T,)`` (:mod:`.outputs`), the score of training example ``i`` for 
   ``lambda = a * trace(X X^T) / R`` with ``a`` from ``alphas``, chosen by the squared error on
   the last ``holdout`` share of the fit runs, then refitted on all of them. Memory: ``X`` in
   float32 (``4 R N`` bytes), the Gram matrix and the ``(N, T)`` float32 scores.
+* ``ridge`` with ``neighbours``: each test example's ridge on its ``k`` nearest training
+  examples by the ensemble kernel of the same fit runs only, ``k`` chosen per test example with
+  the penalty (:mod:`.neighbours`); far fewer weights for the same runs.
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ...errors import InputError, check_choice, check_number
+from ...errors import InputError, OptionError, check_choice, check_number
 from ...population import Population
 from ...streaming import run_blocks
 from ..contract import Options, Result, options_of
+from .neighbours import fit_neighbour_ridge
 from .outputs import OUTPUTS, masks_and_outputs, model_output
 
 ESTIMATORS = ("ridge", "diffmeans")
@@ -38,13 +42,15 @@ ESTIMATORS = ("ridge", "diffmeans")
 class DatamodelOptions(Options):
     """``output``: margin, neg_loss or prob (:mod:`.outputs`); ``estimator``: ridge or
     diffmeans; ``alphas``: the ridge penalties tried, relative to the mean squared norm of a
-    centered mask; ``holdout``: share of the fit runs that choose the penalty; ``block_size``:
-    runs read at a time; ``runs``: the fit runs."""
+    centered mask; ``holdout``: share of the fit runs that choose the penalty; ``neighbours``:
+    with ridge, the numbers of kernel neighbours tried per test example (empty: every training
+    example); ``block_size``: runs read at a time; ``runs``: the fit runs."""
 
     output: str = "margin"
     estimator: str = "ridge"
     alphas: tuple[float, ...] = (1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)
     holdout: float = 0.1
+    neighbours: tuple[int, ...] = ()
     block_size: int = 64
 
     def validate(self) -> None:
@@ -55,19 +61,28 @@ class DatamodelOptions(Options):
         for a in self.alphas:
             check_number("alphas", a, 0, low_open=True)
         check_number("holdout", self.holdout, 0, 0.5, low_open=True)
+        object.__setattr__(self, "neighbours", tuple(self.neighbours))
+        for k in self.neighbours:
+            check_number("neighbours", k, 1, integer=True)
+        if self.neighbours and self.estimator != "ridge":
+            raise OptionError("neighbours", f"apply to the ridge estimator, not {self.estimator}")
         check_number("block_size", self.block_size, 1, integer=True)
 
 
 @dataclass(kw_only=True)
 class DatamodelResult(Result):
     """``scores (T, N) float32``: ``tau_i(z)``; ``intercept (T,)``; ``alpha``: the chosen
-    relative penalty (ridge) and ``validation`` its held-out error per alpha."""
+    relative penalty (ridge) and ``validation`` its held-out error per alpha; with neighbours,
+    ``neighbours (T,)`` and ``alphas (T,)``: the size and penalty chosen per test example
+    (``alpha`` their median)."""
 
     name = "datamodels"
     scores: np.ndarray
     intercept: np.ndarray
     alpha: float | None = None
     validation: dict = field(default_factory=dict)
+    neighbours: np.ndarray | None = None
+    alphas: np.ndarray | None = None
     options: DatamodelOptions = field(default_factory=DatamodelOptions)
 
     def top(self, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -82,7 +97,11 @@ class DatamodelResult(Result):
         return pd.DataFrame({"test_index": np.repeat(np.arange(T), k), "rank": np.tile(np.arange(1, k + 1), T), "train_index": idx.ravel(), "score": val.ravel()})
 
     def _summary(self) -> dict:
-        return {"output": self.options.output, "estimator": self.options.estimator, "shape": list(self.scores.shape), "alpha": self.alpha, "validation": self.validation}
+        out = {"output": self.options.output, "estimator": self.options.estimator, "shape": list(self.scores.shape), "alpha": self.alpha, "validation": self.validation}
+        if self.neighbours is not None:
+            out["neighbours"] = {"tried": list(self.options.neighbours), "median": float(np.median(self.neighbours)),
+                                 "chosen": {str(k): int(c) for k, c in zip(*np.unique(self.neighbours, return_counts=True))}}
+        return out
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"scores": self.scores, "intercept": self.intercept}
@@ -179,8 +198,18 @@ def datamodels(pop: Population, options: DatamodelOptions | None = None, **field
     if "mask/train" not in pop.arrays or "logits/test" not in pop.arrays:
         raise InputError(f"{pop.path}: datamodels need mask/train and logits/test (runs on random subsets that record test logits)")
     labels = pop.targets("test")
-    alpha, validation = None, {}
-    if options.estimator == "diffmeans":
+    alpha, validation, chosen = None, {}, {}
+    if options.neighbours:
+        n_train = int(pop.layout["n_train"])
+        if max(options.neighbours) > n_train:
+            raise OptionError("neighbours", f"must be at most the {n_train:,} training examples, got {max(options.neighbours)}")
+        from ..kernel import PopulationLogits, kernel_topk
+
+        near = kernel_topk(PopulationLogits(pop, runs, ("train", "test")), max(options.neighbours), "test").indices
+        masks, outs = masks_and_outputs(pop, runs, options.output, options.block_size)
+        scores, intercept, sizes, alphas = fit_neighbour_ridge(masks, outs, near, options.neighbours, options.alphas, options.holdout)
+        alpha, chosen = float(np.median(alphas)), {"neighbours": sizes, "alphas": alphas}
+    elif options.estimator == "diffmeans":
         acc = DiffMeans(int(pop.layout["n_train"]), labels.size)
         for block in run_blocks(runs, options.block_size):
             acc.add(pop.read("mask/train", block).astype(bool), model_output(pop.read("logits/test", block), labels, options.output))
@@ -188,4 +217,4 @@ def datamodels(pop: Population, options: DatamodelOptions | None = None, **field
     else:
         masks, outs = masks_and_outputs(pop, runs, options.output, options.block_size)
         scores, intercept, alpha, validation = fit_ridge(masks.astype(np.float32), outs, options.alphas, options.holdout)
-    return DatamodelResult(scores=scores, intercept=intercept, alpha=alpha, validation=validation, runs=runs, options=options)
+    return DatamodelResult(scores=scores, intercept=intercept, alpha=alpha, validation=validation, runs=runs, options=options, **chosen)
