@@ -64,3 +64,66 @@ def test_sketch_returns_exact_values_and_finds_the_nearest(queries, dims):
         assert (got.indices[0:200:2, 0] == np.arange(1, 200, 2)).mean() > 0.95
     else:
         assert (got.indices[:50, 0] == np.arange(500, 550)).mean() > 0.95
+
+
+def _restricted_topk(Zq: np.ndarray, Zt: np.ndarray, k: int, train_class: np.ndarray, query_classes: np.ndarray, same: bool):
+    """Brute force: every pair's kernel, pairs outside the query's classes and the query itself removed."""
+    K = Zq @ Zt.T
+    allowed = (train_class[None, :, None] == query_classes[:, None, :]).any(-1) & (query_classes[:, None, :1] >= 0).any(-1)
+    K[~allowed] = -np.inf
+    if same:
+        np.fill_diagonal(K, -np.inf)
+    order = np.argsort(-K, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(K, order, 1)
+
+
+def test_class_groups_are_the_predicted_classes():
+    from scipy.special import log_softmax
+
+    train, test = _logits(2, R=8)
+    Z, classes = standardized(ArrayLogits(train, test), "train", KernelOptions(), class_gap=1.0)
+    mean = log_softmax(train.astype(np.float64), axis=-1).mean(0)  # (N, C)
+    order = np.argsort(-mean, axis=1)
+    gap = mean[np.arange(len(mean)), order[:, 0]] - mean[np.arange(len(mean)), order[:, 1]]
+    assert (classes[:, 0].numpy() == order[:, 0]).all()
+    np.testing.assert_array_equal(classes[:, 1].numpy(), np.where(gap < 1.0, order[:, 1], -1))
+    assert 0 < (classes[:, 1] >= 0).float().mean() < 1  # some queries search a second class, not all
+    assert Z.shape == standardized(ArrayLogits(train, test), "train", KernelOptions()).shape
+
+
+@pytest.mark.parametrize("queries", ["train", "test"])
+@pytest.mark.parametrize("dims", [64, 128])  # the sketch (D = 240 > 128) and the exact scan
+def test_grouped_search_equals_a_brute_force_search_within_the_groups(queries, dims):
+    train, test = _logits(3)
+    source = ArrayLogits(train, test)
+    Zt, ct = standardized(source, "train", KernelOptions(), class_gap=1.0)
+    Zq, cq = (Zt, ct) if queries == "train" else standardized(source, "test", KernelOptions(), class_gap=1.0)
+    got = projected_topk(Zt, None if queries == "train" else Zq, k=5, dims=dims, candidates=16, tile=128, groups=(ct[:, 0], cq))
+    idx, val = _restricted_topk(Zq.numpy(), Zt.numpy(), 5, ct[:, 0].numpy(), cq.numpy(), queries == "train")
+    assert got.grouped
+    if got.exact:
+        np.testing.assert_allclose(got.values, val, atol=1e-5)
+        assert (got.indices == idx).mean() > 0.99
+    else:  # exact values of the pairs named, never above the restricted nearest, nearly always it
+        pair = np.einsum("qd,qkd->qk", Zq.numpy(), Zt.numpy()[got.indices])
+        np.testing.assert_allclose(got.values, pair, atol=1e-5)
+        assert np.all(got.values[:, 0] <= val[:, 0] + 1e-5)
+        assert np.isclose(got.values[:, 0], val[:, 0], atol=1e-5).mean() > 0.97
+    # every neighbour lies in one of the query's groups
+    member = (ct[:, 0].numpy()[got.indices][..., None] == cq.numpy()[:, None, :]).any(-1)
+    assert member.all()
+    # the planted near-copies are found within the groups as by the whole scan (a copy whose
+    # noisy logits put it in another class is missed: a few in this data, none on MNIST's)
+    whole = projected_topk(Zt, None if queries == "train" else Zq, k=1, dims=dims, candidates=16)
+    planted = np.arange(0, 200, 2) if queries == "train" else np.arange(50)
+    assert (got.indices[planted, 0] == whole.indices[planted, 0]).mean() > 0.9
+
+
+def test_grouping_falls_back_to_every_example_when_a_group_is_small():
+    train, test = _logits(4, N=600, R=6)
+    Zt, ct = standardized(ArrayLogits(train, test), "train", KernelOptions(), class_gap=1.0)
+    assert np.bincount(ct[:, 0].numpy()).min() < 101
+    got = projected_topk(Zt, None, k=100, dims=32, groups=(ct[:, 0], ct))  # a class with fewer than k + 1 examples
+    ref = projected_topk(Zt, None, k=100, dims=32)
+    assert not got.grouped
+    np.testing.assert_array_equal(got.indices, ref.indices)

@@ -14,7 +14,8 @@ under ``runs/attribution/<model>/``:
 
 The target is dattri's: the negated test loss (``neg_loss``). Methods: manyruns' difference of
 means and ridge datamodels and the ensemble kernel (raw, and signed by label agreement) at each
-number of fit runs; through dattri (a benchmark-only extra): influence functions (explicit for
+number of fit runs, and ridge on each test example's kernel neighbours (``ridge_near``, 25 to
+800 of them); through dattri (a benchmark-only extra): influence functions (explicit for
 logistic regression, conjugate gradients), TracIn (10 full models), Grad-Dot, TRAK-1/10/50
 (512 projection dimensions). For influence functions the regularization is chosen on the LDS
 as dattri's benchmark script does (the best of 1, 0.1, ..., 1e-4 for logistic regression, of
@@ -48,6 +49,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1] / "runs" / "attribution"
 DOCS = HERE.parents[1] / "docs" / "attribution"
 OUTPUT = "neg_loss"  # dattri's MNIST target: the negated cross-entropy loss
+NEIGHBOURS = (25, 50, 100, 200, 400, 800)  # ridge_near: kernel neighbours tried per test example
 
 SETTINGS = {
     "lr": {"recipe": "mnist-lr.toml", "fit_steps": [100, 300, 1000, 3000], "group_size": 100},
@@ -258,6 +260,7 @@ def score(model: str, only: list[str] | None) -> None:
         runs = f"0-{R - 1}"
         save(f"diffmeans-{R}", lambda: datamodels(fit, runs=runs, output=OUTPUT, estimator="diffmeans").scores)
         save(f"ridge-{R}", lambda: datamodels(fit, runs=runs, output=OUTPUT, estimator="ridge").scores)
+        save(f"ridge_near-{R}", lambda: datamodels(fit, runs=runs, output=OUTPUT, estimator="ridge", neighbours=NEIGHBOURS).scores)
 
         def kernel():
             from manyruns.analysis.kernel import KernelOptions, PopulationLogits, kernel_matrix
@@ -331,7 +334,7 @@ def models_of(method: str) -> tuple[str, str, int]:
     """A method's row label, the store whose runs its scores come from, and how many of those
     runs it needed (``ridge-300``: ridge, fit, 300)."""
     family, _, count = method.rpartition("-")
-    if family in ("diffmeans", "ridge", "kernel", "kernel_signed"):
+    if family in ("diffmeans", "ridge", "ridge_near", "kernel", "kernel_signed"):
         return family, "fit", int(count)
     if family == "trak":
         return method, "half", int(count)

@@ -39,6 +39,8 @@ def audit(
     neighbours: str = typer.Option("projected", "--neighbours", help="Kernel neighbours: projected (exact scan for few runs, else a sketch re-ranked by exact values) or exact (the streaming kernel)."),
     dims: int = typer.Option(128, "--dims", help="projected: the kernel is scanned exactly up to 2 x dims columns (runs x classes), sketched in dims dimensions above."),
     candidates: int = typer.Option(32, "--candidates", help="projected: the sketch's best candidates re-ranked by their exact kernel values, per example."),
+    class_gap: float = typer.Option(2.0, "--class-gap", help="projected: compare each example with the training examples of its predicted class, and of its second where the two mean log-probabilities are within this many nats."),
+    all_pairs: bool = typer.Option(False, "--all-pairs", help="projected: compare each example with every training example (no class groups)."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="A .npy array of the labels to audit (default: the labels the runs trained with)."),
     csv: Optional[Path] = csv_option("CSV, one row per training example: index,label,suggested_label,label_quality,is_label_issue,n_out,nearest_train,kernel,is_near_duplicate,..."),
     test_csv: Optional[Path] = typer.Option(None, "--test-csv", help="CSV, one row per test example: index,label,nearest_train,train_label,kernel,is_leak."),
@@ -55,7 +57,7 @@ def audit(
     options = AuditOptions(
         runs=runs, score=score, min_out=min_out, near_duplicate=near_duplicate, leak=leak, outlier_k=outlier_k,
         outlier_fraction=outlier_fraction, kernel=not no_kernel, memory_gib=memory_gib, precision=precision, neighbours=neighbours,
-        dims=dims, candidates=candidates,
+        dims=dims, candidates=candidates, class_gap=None if all_pairs else class_gap,
     )
     check_outputs({"--csv": csv, "--test-csv": test_csv, "--grid": grid})
     given = _labels(labels)

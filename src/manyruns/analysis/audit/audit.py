@@ -55,7 +55,10 @@ class AuditOptions(KernelOptions):
     issue type listed in the summary; ``neighbours``: projected (an exact scan of the kernel
     when ``R C' <= 2 dims``, else a ``dims``-dimensional sketch whose best ``candidates`` per
     example are re-ranked by their exact values, :mod:`..kernel_projected`) or exact (the
-    streaming kernel); and the kernel's options (:class:`~..kernel.KernelOptions`)."""
+    streaming kernel); ``class_gap``: projected, each example is compared with the training
+    examples of its predicted class, and of its second where the two mean log-probabilities
+    are within ``class_gap`` (None: with every training example); and the kernel's options
+    (:class:`~..kernel.KernelOptions`)."""
 
     score: str = "self_confidence"
     min_out: int = 1
@@ -70,6 +73,7 @@ class AuditOptions(KernelOptions):
     neighbours: str = "projected"
     dims: int = 128
     candidates: int = 32
+    class_gap: float | None = 2.0
 
     def validate(self) -> None:
         super().validate()
@@ -89,6 +93,8 @@ class AuditOptions(KernelOptions):
         check_choice("neighbours", self.neighbours, NEIGHBOUR_METHODS)
         check_number("dims", self.dims, 1, integer=True)
         check_number("candidates", self.candidates, 1, integer=True)
+        if self.class_gap is not None:
+            check_number("class_gap", self.class_gap, 0)
 
     def kernel_options(self, queries: str, k: int) -> NeighbourOptions:
         names = ("runs", "log_softmax", "classes", "precision", "device", "memory_gib", "block_runs", "tile")
@@ -380,13 +386,25 @@ def _kernel_checks(pop: Population, runs: np.ndarray, options: AuditOptions, res
     in_memory = 3 * 4 * n * runs.size * classes  # Z of both splits, and one split's values while it is built
     if options.neighbours == "projected" and in_memory <= options.memory_gib * 2**30:
         source = PopulationLogits(pop, runs, ("train", "test") if has_test else ("train",))
-        Zt = standardized(source, "train", options)
-        train = projected_topk(Zt, None, k, options.dims, options.candidates)
-        test = projected_topk(Zt, standardized(source, "test", options), 1, options.dims, options.candidates) if has_test else None
+        grouped = options.class_gap is not None
+        Zt = standardized(source, "train", options, class_gap=options.class_gap)
+        Zt, train_classes = Zt if grouped else (Zt, None)
+        groups = (lambda q: (train_classes[:, 0], q)) if grouped else (lambda q: None)
+        train = projected_topk(Zt, None, k, options.dims, options.candidates, groups=groups(train_classes))
+        test = None
+        if has_test:
+            Zq = standardized(source, "test", options, class_gap=options.class_gap)
+            Zq, test_classes = Zq if grouped else (Zq, None)
+            test = projected_topk(Zt, Zq, 1, options.dims, options.candidates, groups=groups(test_classes))
         if not train.exact:
             result.notes.append(
                 f"kernel neighbours from a {train.dims}-dimensional sketch, the best {train.candidates} "
                 "re-ranked by their exact values (neighbours=\"exact\" for the exact kernel)"
+            )
+        if train.grouped:
+            result.notes.append(
+                f"kernel neighbours searched within each example's predicted class (and its second within {options.class_gap:g} "
+                "nats); class_gap=None searches every training example"
             )
     else:
         train = stored_or_computed(pop, options.kernel_options("train", k))
