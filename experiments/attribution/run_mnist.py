@@ -53,7 +53,7 @@ NEIGHBOURS = (25, 50, 100, 200, 400, 800)  # ridge_near: kernel neighbours tried
 
 SETTINGS = {
     "lr": {"recipe": "mnist-lr.toml", "fit_steps": [100, 300, 1000, 3000], "group_size": 100},
-    "mlp": {"recipe": "mnist-mlp.toml", "fit_steps": [100, 300, 1000, 2000], "group_size": 16},
+    "mlp": {"recipe": "mnist-mlp.toml", "fit_steps": [100, 300, 1000, 2000, 3000], "group_size": 16},
 }
 STORES = {
     "fit": {"population.seed": 0, "population.subset": 0.5, "record.logits": ["train", "test"]},
