@@ -103,6 +103,18 @@ def test_neighbour_ridge_equals_scikit_learn_per_test_example():
     assert err(scores) < 0.5 * err(plain)
 
 
+def test_neighbours_that_never_vary_get_no_weight():
+    rng = np.random.default_rng(4)
+    masks = rng.random((12, 20)) < 0.5
+    masks[:, :10] = True  # in every run: no evidence either way
+    outputs = rng.normal(size=(12, 3))
+    near = np.tile(np.arange(20), (3, 1))
+    scores, intercept, size, _ = fit_neighbour_ridge(masks, outputs, near, (5, 20), (1.0, 10.0), 0.25)
+    assert np.isfinite(scores).all() and np.abs(scores[:, :10]).max() < 1e-9 and (size == 20).all()
+    scores, intercept, *_ = fit_neighbour_ridge(masks, outputs, near, (5,), (1.0,), 0.25)  # only those
+    assert (scores == 0).all() and np.allclose(intercept, outputs.mean(0))
+
+
 def test_lds_equals_spearman_per_test_example_and_its_ceiling():
     rng = np.random.default_rng(1)
     N, T, m, seeds = 30, 8, 12, 4
@@ -209,6 +221,8 @@ def test_lds_refusals(subsets, tmp_path):
     one_seed = run("lds", str(subsets), "--scores", str(dm), "--eval-runs", "40,42,44,46,48,50", "--ceiling")
     assert one_seed.returncode == 2 and "--ceiling" in one_seed.stderr
     assert run("datamodels", str(subsets), "--estimator", "lasso").returncode == 2
+    one = run("datamodels", str(subsets), "--fit-runs", "0-0")
+    assert one.returncode == 2 and one.stderr.startswith("error: --fit-runs selects 1 run;"), one.stderr
 
 
 def test_lds_equals_dattri_on_the_same_inputs():

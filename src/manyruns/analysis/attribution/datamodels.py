@@ -198,6 +198,8 @@ def datamodels(pop: Population, options: DatamodelOptions | None = None, **field
     if "mask/train" not in pop.arrays or "logits/test" not in pop.arrays:
         raise InputError(f"{pop.path}: datamodels need mask/train and logits/test (runs on random subsets that record test logits)")
     labels = pop.targets("test")
+    if runs.size < 2:
+        raise OptionError("runs", f"selects {runs.size} run; datamodels need at least 2 runs on different subsets")
     alpha, validation, chosen = None, {}, {}
     if options.neighbours:
         n_train = int(pop.layout["n_train"])
@@ -216,5 +218,7 @@ def datamodels(pop: Population, options: DatamodelOptions | None = None, **field
         scores, intercept = acc.finish()
     else:
         masks, outs = masks_and_outputs(pop, runs, options.output, options.block_size)
+        if not (masks != masks[:1]).any():
+            raise OptionError("runs", f"selects {runs.size} runs that all trained on the same examples; ridge needs runs on different subsets")
         scores, intercept, alpha, validation = fit_ridge(masks.astype(np.float32), outs, options.alphas, options.holdout)
     return DatamodelResult(scores=scores, intercept=intercept, alpha=alpha, validation=validation, runs=runs, options=options, **chosen)

@@ -61,6 +61,8 @@ def _solve(gram: np.ndarray, col_sums: np.ndarray, xty: np.ndarray, y_sum: float
     ``X_c^T y = X^T y - s sum(y) / R``; returns ``(w, b)``."""
     g = gram - np.outer(col_sums, col_sums) / R
     k = g.shape[0]
+    if np.trace(g) <= 0:  # the candidates were in every run or in none: nothing to fit
+        return np.zeros(k), y_sum / R
     lam = a * np.trace(g) / k
     w = np.linalg.solve(g + lam * np.eye(k), xty - col_sums * y_sum / R)
     return w, y_sum / R - col_sums @ w / R
@@ -79,6 +81,8 @@ def _choose(X: np.ndarray, y: np.ndarray, gram_fit: np.ndarray, n_fit: int, size
         s, U = np.linalg.eigh(g)
         proj, Xv_u = U.T @ xty[:k], Xv[:, :k] @ U
         scale = np.trace(g) / k
+        if scale <= 0:
+            continue
         for a in alphas:
             err = float(np.mean((yv - Xv_u @ (proj / (s + a * scale))) ** 2))
             if err < best[0]:
