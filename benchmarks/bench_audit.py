@@ -37,6 +37,11 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
+def same_nearest(a, b) -> tuple[float, float]:
+    """The shares of training and of test examples whose nearest kernel value is the same in two audits."""
+    return (float(np.mean(np.isclose(a.kernel, b.kernel, atol=1e-5))), float(np.mean(np.isclose(a.test_kernel, b.test_kernel, atol=1e-5))))
+
+
 def pair_share(pop, runs, options: AuditOptions) -> float:
     """The share of (query, training example) pairs the class groups compare."""
     import torch
@@ -99,8 +104,7 @@ def main() -> None:
             exact, t_exact = timed(lambda: audit(pop, base.replace(neighbours="exact")))
             case["kernel_exact_s"] = t_exact - case["audit_no_kernel_s"]
             case["speedup_vs_exact"] = case["kernel_exact_s"] / case["kernel_s"]
-            case["nearest_value_equal"] = float(np.mean(np.isclose(exact.kernel, full.kernel, atol=1e-5)))
-            case["test_nearest_value_equal"] = float(np.mean(np.isclose(exact.test_kernel, full.test_kernel, atol=1e-5)))
+            case["nearest_value_equal"], case["test_nearest_value_equal"] = same_nearest(exact, full)
             case["near_duplicates_exact_found"] = [int(full.is_near_duplicate.sum()), int(exact.is_near_duplicate.sum())]
             case["leaks_exact_found"] = [int(full.is_leak.sum()), int(exact.is_leak.sum())]
             case["outlier_score_max_abs_diff"] = float(np.max(np.abs(exact.outlier_score - full.outlier_score)))
@@ -108,8 +112,7 @@ def main() -> None:
         whole, t_whole = timed(lambda: audit(pop, base.replace(class_gap=None)))
         case["kernel_all_pairs_s"] = t_whole - case["audit_no_kernel_s"]
         case["speedup_vs_all_pairs"] = case["kernel_all_pairs_s"] / case["kernel_s"]
-        case["all_pairs_nearest_value_equal"] = float(np.mean(np.isclose(whole.kernel, full.kernel, atol=1e-5)))
-        case["all_pairs_test_nearest_value_equal"] = float(np.mean(np.isclose(whole.test_kernel, full.test_kernel, atol=1e-5)))
+        case["all_pairs_nearest_value_equal"], case["all_pairs_test_nearest_value_equal"] = same_nearest(whole, full)
         case["all_pairs_near_duplicates_leaks"] = [int(whole.is_near_duplicate.sum()), int(whole.is_leak.sum())]
         case["grouped_near_duplicates_leaks"] = [int(full.is_near_duplicate.sum()), int(full.is_leak.sum())]
         case["grouped_pair_share"] = pair_share(pop, runs, base)

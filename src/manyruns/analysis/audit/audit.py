@@ -386,15 +386,16 @@ def _kernel_checks(pop: Population, runs: np.ndarray, options: AuditOptions, res
     in_memory = 3 * 4 * n * runs.size * classes  # Z of both splits, and one split's values while it is built
     if options.neighbours == "projected" and in_memory <= options.memory_gib * 2**30:
         source = PopulationLogits(pop, runs, ("train", "test") if has_test else ("train",))
-        grouped = options.class_gap is not None
-        Zt = standardized(source, "train", options, class_gap=options.class_gap)
-        Zt, train_classes = Zt if grouped else (Zt, None)
-        groups = (lambda q: (train_classes[:, 0], q)) if grouped else (lambda q: None)
+        def operand(split: str):  # Z, and each example's class groups (None: every pair)
+            out = standardized(source, split, options, class_gap=options.class_gap)
+            return (out, None) if options.class_gap is None else out
+
+        Zt, train_classes = operand("train")
+        groups = (lambda classes: None) if train_classes is None else (lambda classes: (train_classes[:, 0], classes))
         train = projected_topk(Zt, None, k, options.dims, options.candidates, groups=groups(train_classes))
         test = None
         if has_test:
-            Zq = standardized(source, "test", options, class_gap=options.class_gap)
-            Zq, test_classes = Zq if grouped else (Zq, None)
+            Zq, test_classes = operand("test")
             test = projected_topk(Zt, Zq, 1, options.dims, options.candidates, groups=groups(test_classes))
         if not train.exact:
             result.notes.append(
