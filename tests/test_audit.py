@@ -13,6 +13,7 @@ import pytest
 
 import manyruns
 from manyruns.analysis.audit import AuditOptions, audit, confident_learning, normalized_margin, out_of_sample, self_confidence
+from manyruns.analysis.audit.outofsample import memorized, pooled
 from manyruns.errors import InputError, NotApplicableError, OptionError
 
 from .conftest import tiny_recipe
@@ -104,6 +105,60 @@ def test_out_of_sample_probabilities_match_a_dense_computation(noisy):
     np.testing.assert_allclose(oos.probs[n_out > 0], expected[n_out > 0], rtol=1e-5, atol=1e-6)
     assert np.isnan(oos.probs[n_out == 0]).all()
     assert np.array_equal(oos.labels, noisy.load("labels/train")[0])
+    n_in = mask.sum(0)
+    with np.errstate(invalid="ignore"):
+        expected_in = (soft * mask[..., None]).sum(0) / n_in[:, None]
+    assert np.array_equal(oos.n_in, n_in)
+    np.testing.assert_allclose(oos.in_probs[n_in > 0], expected_in[n_in > 0], rtol=1e-5, atol=1e-6)
+
+
+def test_pooled_probabilities_and_memorization_by_hand(noisy):
+    """Pooling and the memorization measure against a loop over examples and runs."""
+    oos = out_of_sample(noisy, noisy.select("ok"))
+    logits = noisy.load("logits/train").astype(np.float64)
+    mask = noisy.load("mask/train").astype(bool)
+    soft = np.exp(logits - logits.max(-1, keepdims=True))
+    soft /= soft.sum(-1, keepdims=True)
+    y = oos.labels
+    rng = np.random.default_rng(0)
+    doubtful = rng.choice(y.size, 40, replace=False)
+    gaps = []
+    for i in doubtful:
+        held, trained = soft[~mask[:, i], i, y[i]], soft[mask[:, i], i, y[i]]
+        if held.size and trained.size:
+            gaps.append(min(max((trained.mean() - held.mean()) / (1 - held.mean()), 0.0), 1.0))
+    assert abs(memorized(oos, doubtful) - np.mean(gaps)) < 1e-5
+    for w in (0.0, 0.3, 1.0):
+        p = pooled(oos, w)
+        for i in rng.choice(y.size, 30, replace=False):
+            weights = np.where(mask[:, i], w, 1.0)
+            if (~mask[:, i]).any():
+                np.testing.assert_allclose(p[i], (weights[:, None] * soft[:, i]).sum(0) / weights.sum(), rtol=1e-5, atol=1e-6)
+            else:
+                assert np.isnan(p[i]).all()
+
+
+def test_label_quality_pools_training_runs_by_their_memorization(noisy):
+    """in_sample=0 ranks by held-out probabilities alone; "auto" pools the training runs with
+    weight max(0, 1 - 2 m), m measured on the flagged examples; the flags never change."""
+    held = audit(noisy, in_sample=0, kernel=False, heldout_stats=False)
+    oos = out_of_sample(noisy, noisy.select("ok"))
+    scored = held.scored
+    np.testing.assert_allclose(held.self_confidence[scored], oos.probs[scored, held.labels[scored]], rtol=1e-6)
+    assert held.in_sample_weight == 0 and held.memorized == pytest.approx(memorized(oos, held.is_label_issue))
+    auto = audit(noisy, kernel=False, heldout_stats=False)
+    m = memorized(oos, auto.is_label_issue)
+    assert auto.is_label_issue.sum() >= 10 and 0 <= m < 0.5
+    assert auto.in_sample_weight == pytest.approx(1 - 2 * m) and auto.summary()["memorized"] == pytest.approx(m)
+    p = pooled(oos, 1 - 2 * m)
+    np.testing.assert_allclose(auto.self_confidence[scored], p[scored, auto.labels[scored]], rtol=1e-5, atol=1e-7)
+    assert np.array_equal(auto.is_label_issue, held.is_label_issue) and np.array_equal(auto.suggested_label, held.suggested_label)
+    assert any("pool the training runs" in n for n in auto.notes)
+    full = audit(noisy, in_sample=1.0, score="normalized_margin", kernel=False, heldout_stats=False)
+    np.testing.assert_allclose(full.label_quality[scored], normalized_margin(pooled(oos, 1.0)[scored], full.labels[scored]), rtol=1e-5, atol=1e-7)
+    # other labels than the runs trained with: the training runs say nothing about them
+    other = audit(noisy, labels=noisy.targets("train"), kernel=False, heldout_stats=False)
+    assert other.in_sample_weight == 0 and other.memorized is None and any("not the ones the runs trained" in n for n in other.notes)
 
 
 def _dense_kernel(logits_a: np.ndarray, logits_b: np.ndarray) -> np.ndarray:
@@ -192,6 +247,9 @@ def test_audit_of_given_labels_and_refusals(noisy):
         AuditOptions(outlier_fraction=-0.1)
     with pytest.raises(OptionError, match="score"):
         AuditOptions(score="entropy")
+    for bad in (1.5, -0.1, "most", True):
+        with pytest.raises(OptionError, match="in_sample"):
+            AuditOptions(in_sample=bad)
 
 
 def test_command_line_outputs(noisy, tmp_path):
@@ -221,6 +279,11 @@ def test_command_line_outputs(noisy, tmp_path):
     assert bad.exit_code == 2 and "labels: expected one label per training example" in bad.output
     bad = runner.invoke(app, ["audit", str(noisy.path), "--class-gap", "-1"])
     assert bad.exit_code == 2 and "--class-gap must be at least 0" in bad.output
+    for value, message in (("often", '--in-sample must be "auto" or a weight'), ("2", "--in-sample must be in [0, 1]")):
+        bad = runner.invoke(app, ["audit", str(noisy.path), "--in-sample", value, "--no-kernel"])
+        assert bad.exit_code == 2 and message in bad.output, bad.output
+    held = runner.invoke(app, ["audit", str(noisy.path), "--in-sample", "0", "--no-kernel", "--json"])
+    assert held.exit_code == 0 and json.loads(held.stdout)["in_sample_weight"] == 0
     # every pair searched: the nearest of the dense kernel (test_audit_finds_planted_... checks it)
     whole = run("audit", str(noisy.path), "--json", "--all-pairs", "--csv", str(csv))
     assert whole.returncode == 0 and "predicted class" not in whole.stderr

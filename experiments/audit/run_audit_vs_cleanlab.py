@@ -237,22 +237,81 @@ def datalab_arm(labels: np.ndarray, probs: np.ndarray, feats: np.ndarray, test_f
 # ------------------------------------------------------------------------------------ main
 
 
-def one_setting(args, dataset: str, noise: str, seed: int, done: list[dict]) -> dict:
+def stores(args, dataset: str, noise: str, seed: int) -> tuple:
+    """The planted dataset's root and plants, the rate of planted noise, the tag, and the two
+    populations trained (resumed, grown to the run counts asked for): the folds (5 runs are one
+    cross-validation; more repeat it on fresh partitions) and the halves."""
     root, plants = planted_dataset(dataset, args.data_dir, args.work, seed, args.dups, args.leaks)
     ds = load_dataset(dataset, root)
     prior = np.bincount(ds.y_train, minlength=ds.num_classes) / ds.n_train
     block, rate = noise_block(noise, ds.num_classes, prior, seed)
     tag = f"{dataset}-{noise}-s{seed}"
-    runs_max = max(args.runs)
-    cv, cv_seconds = trained(recipe_text(dataset, block, seed, True, 5), args.work / f"{tag}-cv", root, args.workers)
-    pop, pop_seconds = trained(recipe_text(dataset, block, seed, False, runs_max), args.work / f"{tag}-pop", root, args.workers)
-    clean = ds.y_train
-    out: dict = {"dataset": dataset, "noise": noise, "seed": seed, "planted_rate": rate, "training_seconds": {"cv_5_folds": cv_seconds, f"population_{runs_max}": pop_seconds}}
+    cv, _ = trained(recipe_text(dataset, block, seed, True, max(5, *args.fold_runs)), args.work / f"{tag}-cv", root, args.workers)
+    pop, _ = trained(recipe_text(dataset, block, seed, False, max(args.runs)), args.work / f"{tag}-pop", root, args.workers)
+    return ds, plants, rate, tag, cv, pop
+
+
+def truth_of(cv: manyruns.Population, ds) -> tuple:
+    """The cross-validated held-out probabilities (the first 5 runs), the given labels and
+    which of them are planted errors."""
+    oos = out_of_sample(cv, np.arange(5))
+    return oos, oos.labels, oos.labels != ds.y_train
+
+
+def audit_arm(store: manyruns.Population, n: int, truth: np.ndarray, plants: dict, workers: int) -> dict:
+    """``manyruns.audit`` on the first ``n`` runs of a store: its label scores (pooled, and from
+    the held-out runs alone), flags, planted copies found, and cleanlab's filter on its held-out
+    probabilities."""
+    t0 = time.perf_counter()
+    result = audit(store, runs=n)
+    seconds = time.perf_counter() - t0
+    s = result.summary()
+    noisy, scored = result.labels, result.scored
+    quality = np.where(scored, result.self_confidence, np.nan)
+    held_out = np.where(scored, result.probs[np.arange(noisy.size), noisy], np.nan)
+    pairs = {(int(a), int(b)) for a, b in result.near_duplicate_pairs()[["a", "b"]].itertuples(index=False)}
+    leaks = result.is_leak
+    entry = {
+        **score_metrics(truth, 1 - quality, result.is_label_issue, s["noise_rate"]),
+        "auroc_normalized_margin": score_metrics(truth, 1 - np.where(scored, result.normalized_margin, np.nan), result.is_label_issue, None)["auroc"],
+        "ap_held_out": score_metrics(truth, 1 - held_out, result.is_label_issue, None)["ap"],
+        "auroc_held_out": score_metrics(truth, 1 - held_out, result.is_label_issue, None)["auroc"],
+        "in_sample_weight": s["in_sample_weight"],
+        "memorized": s["memorized"],
+        "scored": s["scored"],
+        "seconds_audit": seconds,
+        "training_seconds": float(store.runs.seconds.to_numpy()[result.runs].sum() / workers),
+        "duplicate_recall": pair_recall(plants["train_pairs"], pairs),
+        "duplicate_pairs_flagged": len(pairs),
+        "duplicate_recall_by_kind": kind_recall(plants["train_pairs"], lambda a, b: (min(a, b), max(a, b)) in pairs),
+        "leak_recall": float(np.mean([leaks[t] and result.test_nearest_train[t] == s_ for t, s_, _ in plants["leaks"]])),
+        "leak_recall_by_kind": kind_recall(plants["leaks"], lambda t, s_: bool(leaks[t] and result.test_nearest_train[t] == s_)),
+        "leaks_flagged": int(leaks.sum()),
+    }
+    cl_flags = np.zeros(len(noisy), dtype=bool)
+    cl_flags[scored], _ = cleanlab_filter(noisy[scored], result.probs[scored].astype(np.float64))
+    entry["cleanlab_filter_on_population"] = score_metrics(truth, 1 - held_out, cl_flags, None)
+    return entry
+
+
+def population_arms(args, out: dict, pop, cv, truth: np.ndarray, plants: dict, tag: str) -> None:
+    """Arm M on the halves (``--runs``) and on the folds (``--fold-runs``: the audit of the very
+    population cleanlab's arm trained, and of repeated cross-validation)."""
+    for key, store, counts in (("manyruns", pop, args.runs), ("manyruns_folds", cv, args.fold_runs)):
+        out[key] = {}
+        for n in counts:
+            entry = out[key][str(n)] = audit_arm(store, n, truth, plants, args.workers)
+            print(f"  {tag} {key} n={n}: AP {entry['ap']:.4f} (held-out only {entry['ap_held_out']:.4f}, cleanlab CV {out['cleanlab_cv']['ap']:.4f}), "
+                  f"F1 {entry['f1']:.3f} (CV {out['cleanlab_cv']['f1']:.3f}), audit {entry['seconds_audit']:.1f} s", flush=True)
+
+
+def one_setting(args, dataset: str, noise: str, seed: int, done: list[dict]) -> dict:
+    ds, plants, rate, tag, cv, pop = stores(args, dataset, noise, seed)
+    cv_seconds = float(cv.runs.seconds.to_numpy()[:5].sum() / args.workers)
+    out: dict = {"dataset": dataset, "noise": noise, "seed": seed, "planted_rate": rate, "training_seconds": {"cv_5_folds": cv_seconds}}
 
     # arm C: cleanlab on 5-fold cross-validated probabilities and features
-    oos = out_of_sample(cv, cv.select("ok"))
-    noisy = oos.labels
-    truth = noisy != clean
+    oos, noisy, truth = truth_of(cv, ds)
     out["true_noise_rate"] = float(truth.mean())
     flags, t_filter = cleanlab_filter(noisy, oos.probs.astype(np.float64))
     sc = oos.probs[np.arange(len(noisy)), noisy]
@@ -275,37 +334,16 @@ def one_setting(args, dataset: str, noise: str, seed: int, done: list[dict]) -> 
             "leak_pairs_flagged": len(lab["leak_pairs"]),
         })
 
-    # arm M: the audit on the first n runs, and cleanlab's filter on the same probabilities
-    out["manyruns"] = {}
-    for n in args.runs:
-        t0 = time.perf_counter()
-        result = audit(pop, runs=n)
-        seconds = time.perf_counter() - t0
-        s = result.summary()
-        quality = np.where(result.scored, result.self_confidence, np.nan)
-        pairs = {(int(a), int(b)) for a, b in result.near_duplicate_pairs()[["a", "b"]].itertuples(index=False)}
-        leaks = result.is_leak
-        entry = {
-            **score_metrics(truth, 1 - quality, result.is_label_issue, s["noise_rate"]),
-            "auroc_normalized_margin": score_metrics(truth, 1 - np.where(result.scored, result.normalized_margin, np.nan), result.is_label_issue, None)["auroc"],
-            "scored": s["scored"],
-            "seconds_audit": seconds,
-            "training_seconds": float(pop.runs.seconds.to_numpy()[result.runs].sum() / args.workers),
-            "duplicate_recall": pair_recall(plants["train_pairs"], pairs),
-            "duplicate_pairs_flagged": len(pairs),
-            "duplicate_recall_by_kind": kind_recall(plants["train_pairs"], lambda a, b: (min(a, b), max(a, b)) in pairs),
-            "leak_recall": float(np.mean([leaks[t] and result.test_nearest_train[t] == s_ for t, s_, _ in plants["leaks"]])),
-            "leak_recall_by_kind": kind_recall(plants["leaks"], lambda t, s_: bool(leaks[t] and result.test_nearest_train[t] == s_)),
-            "leaks_flagged": int(leaks.sum()),
-        }
-        scored = result.scored
-        cl_flags = np.zeros(len(noisy), dtype=bool)
-        cl_flags[scored], _ = cleanlab_filter(noisy[scored], result.probs[scored].astype(np.float64))
-        entry["cleanlab_filter_on_population"] = score_metrics(truth, 1 - quality, cl_flags, None)
-        out["manyruns"][str(n)] = entry
-        print(f"  {tag} n={n}: AP {entry['ap']:.3f} (cleanlab CV {out['cleanlab_cv']['ap']:.3f}), F1 {entry['f1']:.3f} "
-              f"(CV {out['cleanlab_cv']['f1']:.3f}), audit {seconds:.1f} s", flush=True)
+    # arm M: the audit on the first n runs of the population of halves and of the folds
+    population_arms(args, out, pop, cv, truth, plants, tag)
     return out
+
+
+def rescore(args, entry: dict) -> None:
+    """Arm M of a setting redone on its stores (grown to the run counts asked for)."""
+    ds, plants, _, tag, cv, pop = stores(args, entry["dataset"], entry["noise"], entry["seed"])
+    _, _, truth = truth_of(cv, ds)
+    population_arms(args, entry, pop, cv, truth, plants, tag)
 
 
 def _ms(entries: list[dict], key: str) -> str:
@@ -313,10 +351,19 @@ def _ms(entries: list[dict], key: str) -> str:
     return "n/a" if v.size == 0 else f"{v.mean():.3f} ± {v.std(ddof=1) if v.size > 1 else 0:.3f}"
 
 
+ARMS = (("manyruns_folds", "folds"), ("manyruns", "halves"))  # arm M's populations, as results.json keys them
+
+
+def arm_columns(results: list[dict]) -> list[tuple[str, str, str]]:
+    """``(key, run count, title)`` of every arm M entry in the results: folds first, then halves."""
+    return [(key, n, f"{n} runs on {what}") for key, what in ARMS for n in sorted({n for r in results for n in r.get(key, {})}, key=int)]
+
+
 def compact(results: list[dict]) -> str:
-    """Two short tables: AP and F1 of each arm per setting; recall of the planted copies."""
-    runs = sorted({n for r in results for n in r["manyruns"]}, key=int)
-    head = ["setting", "seeds", "cleanlab 5-fold CV"] + [f"audit, {n} runs" for n in runs]
+    """Two short tables: AP (pooled and held-out only) and F1 of each arm per setting; recall of
+    the planted copies."""
+    columns = arm_columns(results)
+    head = ["setting", "seeds", "cleanlab 5-fold CV"] + [f"audit, {title}" for _, _, title in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for dataset, noise in sorted({(r["dataset"], r["noise"]) for r in results}):
         group = [r for r in results if (r["dataset"], r["noise"]) == (dataset, noise)]
@@ -326,17 +373,18 @@ def compact(results: list[dict]) -> str:
                 return "n/a"
             ap = np.array([e["ap"] for e in entries])
             f1 = np.array([e["f1"] for e in entries])
-            sd = lambda v: f" ± {v.std(ddof=1):.3f}" if v.size > 1 else ""  # noqa: E731
-            return f"AP {ap.mean():.3f}{sd(ap)}, F1 {f1.mean():.3f}{sd(f1)}" + ("" if len(entries) == len(group) else f" ({len(entries)} seed)")
+            sd = lambda v: f" ± {v.std(ddof=1):.4f}" if v.size > 1 else ""  # noqa: E731
+            held = f" (held-out {np.mean([e['ap_held_out'] for e in entries]):.4f})" if "ap_held_out" in entries[0] else ""
+            return f"AP {ap.mean():.4f}{sd(ap)}{held}, F1 {f1.mean():.3f}" + ("" if len(entries) == len(group) else f" ({len(entries)} seed)")
 
         row = [f"{dataset} {noise}", str(len(group)), cell([r["cleanlab_cv"] for r in group])]
-        row += [cell([r["manyruns"][n] for r in group if n in r["manyruns"]]) for n in runs]
+        row += [cell([r[key][n] for r in group if n in r.get(key, {})]) for key, n, _ in columns]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "| dataset | method | settings | train pairs found (shift / noise / brightness) | pairs flagged | leaks found (shift / noise / brightness) | leaks flagged |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for dataset in sorted({r["dataset"] for r in results}):
         group = [r for r in results if r["dataset"] == dataset]
         methods = [("Datalab, CV features", [r["datalab_cv"] for r in group], "leak_pairs_flagged")]
-        methods += [(f"audit kernel, {n} runs", [r["manyruns"][n] for r in group if n in r["manyruns"]], "leaks_flagged") for n in runs]
+        methods += [(f"audit kernel, {title}", [r[key][n] for r in group if n in r.get(key, {})], "leaks_flagged") for key, n, title in arm_columns(group)]
         for name, entries, flagged in methods:
             entries = [e for e in entries if "duplicate_recall" in e]
             if not entries:
@@ -362,10 +410,10 @@ def summarize(results: list[dict]) -> str:
         cv_train = _ms([r["training_seconds"] for r in group], "cv_5_folds")
         row("cleanlab filter, 5-fold CV", [r["cleanlab_cv"] for r in group], cv_train, _ms([r["cleanlab_cv"] for r in group], "seconds_filter"))
         row("Datalab label check, 5-fold CV", [r["datalab_cv"] for r in group], cv_train, _ms([r["datalab_cv"] for r in group], "seconds"))
-        for n in sorted({n for r in group for n in r["manyruns"]}, key=int):
-            entries = [r["manyruns"][n] for r in group if n in r["manyruns"]]
-            row(f"**manyruns audit, {n} runs**", entries, _ms(entries, "training_seconds"), _ms(entries, "seconds_audit"))
-            row(f"cleanlab filter on the {n}-run probabilities", [e["cleanlab_filter_on_population"] for e in entries], "", "")
+        for key, n, title in arm_columns(group):
+            entries = [r[key][n] for r in group if n in r.get(key, {})]
+            row(f"**manyruns audit, {title}**", entries, _ms(entries, "training_seconds"), _ms(entries, "seconds_audit"))
+            row(f"cleanlab filter on its held-out probabilities ({title})", [e["cleanlab_filter_on_population"] for e in entries], "", "")
         lines.append("")
     for dataset in sorted({r["dataset"] for r in results}):
         group = [r for r in results if r["dataset"] == dataset]
@@ -380,8 +428,8 @@ def summarize(results: list[dict]) -> str:
                          f"{_ms(entries, 'leak_recall')} ({by('leak_recall_by_kind')}) | {_ms(entries, flagged_key)} |")
 
         dup_row("Datalab near-duplicate check, 5-fold CV features", [r["datalab_cv"] for r in group], "leak_pairs_flagged")
-        for n in sorted({n for r in group for n in r["manyruns"]}, key=int):
-            dup_row(f"manyruns audit, kernel of {n} runs", [r["manyruns"][n] for r in group if n in r["manyruns"]], "leaks_flagged")
+        for key, n, title in arm_columns(group):
+            dup_row(f"manyruns audit, kernel of {title}", [r[key][n] for r in group if n in r.get(key, {})], "leaks_flagged")
         lines.append("")
     return "\n".join(lines)
 
@@ -391,7 +439,9 @@ def main() -> None:
     parser.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist (comma-separated)")
     parser.add_argument("--noise", default="sym-0.05,sym-0.2,cc-0.2")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--runs", default="8,50,200", help="run counts of arm M")
+    parser.add_argument("--runs", default="8,50,200", help="run counts of arm M on random halves")
+    parser.add_argument("--fold-runs", default="5", help="run counts of arm M on the folds (5: cleanlab's own cross-validation; 10, 25, ...: repeated)")
+    parser.add_argument("--rescore", action="store_true", help="redo arm M of the settings already in results.json (the cleanlab arms are kept)")
     parser.add_argument("--dups", type=int, default=100, help="planted duplicate pairs in the training set")
     parser.add_argument("--leaks", type=int, default=100, help="planted train-to-test copies")
     parser.add_argument("--workers", type=int, default=2)
@@ -400,6 +450,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "audit")
     args = parser.parse_args()
     args.runs = [int(n) for n in args.runs.split(",")]
+    args.fold_runs = [int(n) for n in args.fold_runs.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
     path = args.out / "results.json"
@@ -409,6 +460,9 @@ def main() -> None:
         for noise in args.noise.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):
                 if (dataset, noise, seed) in done:
+                    if args.rescore:
+                        rescore(args, next(r for r in results if (r["dataset"], r["noise"], r["seed"]) == (dataset, noise, seed)))
+                        path.write_text(json.dumps(results, indent=1, default=float))
                     continue
                 results.append(one_setting(args, dataset, noise, seed, results))
                 path.write_text(json.dumps(results, indent=1, default=float))  # kept after every setting

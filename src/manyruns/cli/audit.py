@@ -24,12 +24,20 @@ def _labels(path: Optional[Path]):
         raise InputError(f"--labels {path}: not a readable .npy array of labels ({exc})") from None
 
 
+def _weight(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text  # "auto", or refused by the options naming in_sample
+
+
 @app.command()
 @handle_errors
 def audit(
     store: str = typer.Argument(..., help="Population store: a folder or a URL (s3://, gs://, az://, file://)."),
     runs: str = runs_option(),
     score: str = typer.Option("self_confidence", help="Label-quality score: self_confidence or normalized_margin."),
+    in_sample: str = typer.Option("auto", "--in-sample", help="Weight of the training runs' predictions in the label-quality scores: a number in [0, 1] (0: held-out runs only) or auto (1 - 2 x the runs' measured memorization of doubtful labels, at least 0)."),
     min_out: int = typer.Option(1, "--min-out", help="Held-out runs an example needs to be scored."),
     near_duplicate: float = typer.Option(0.98, "--near-duplicate", help="Correlation (kernel over its largest value (R-1)/R) at or above which two training examples are near-duplicates."),
     leak: float = typer.Option(0.98, "--leak", help="Correlation at or above which a test example and its nearest training example are a leak."),
@@ -55,7 +63,7 @@ def audit(
     from ..analysis.audit import AuditOptions, audit as compute
 
     options = AuditOptions(
-        runs=runs, score=score, min_out=min_out, near_duplicate=near_duplicate, leak=leak, outlier_k=outlier_k,
+        runs=runs, score=score, in_sample=_weight(in_sample), min_out=min_out, near_duplicate=near_duplicate, leak=leak, outlier_k=outlier_k,
         outlier_fraction=outlier_fraction, kernel=not no_kernel, memory_gib=memory_gib, precision=precision, neighbours=neighbours,
         dims=dims, candidates=candidates, class_gap=None if all_pairs else class_gap,
     )

@@ -3,10 +3,16 @@
 Per training example ``i`` (``N`` of them, ``C`` classes):
 
 * **label quality** from the out-of-sample probabilities ``p (N, C)`` of the runs that held
-  ``i`` out (:mod:`.outofsample`): self-confidence and normalized margin, the confident-learning
-  flag (prune by noise rate) and the estimated joint of given and true labels
-  (:mod:`.confident`), and the suggested label ``argmax_c p(i, c)``. Examples held out by fewer
-  than ``min_out`` runs get NaN scores, no flag, and are counted as ``not_scored``;
+  ``i`` out (:mod:`.outofsample`): the confident-learning flag (prune by noise rate), the
+  estimated joint of given and true labels (:mod:`.confident`) and the suggested label
+  ``argmax_c p(i, c)``; the ranking scores (self-confidence, normalized margin) from the pooled
+  probabilities ``p_w``, where the runs that trained on ``i`` add their predictions with weight
+  ``w = in_sample`` (``"auto"``: ``max(0, 1 - 2 m)`` with ``m`` the runs' measured memorization
+  of the doubtful labels: the flagged examples, or the 1% least confident when fewer than 10 are
+  flagged; 0 where the audited labels are not the ones the runs trained with). Pooling lowers
+  the variance of the ranking where the runs do not memorize; the filter keeps held-out
+  probabilities, which its counts assume. Examples held out by fewer than ``min_out`` runs get
+  NaN scores, no flag, and are counted as ``not_scored``;
 * **memorization and C-score** (:mod:`..heldout`) where the runs hold examples out;
 * with the ensemble kernel ``K`` over all ``R`` selected runs (:mod:`..kernel`): the nearest
   other training example ``j = argmax_{j != i} K(i, j)`` and its **correlation**
@@ -38,16 +44,18 @@ from ..contract import Result, describe_values, options_of
 from ..kernel import KernelOptions
 from ..neighbours import NeighbourOptions, stored_or_computed
 from .confident import ConfidentLearning, confident_learning, normalized_margin, self_confidence
-from .outofsample import out_of_sample
+from .outofsample import OutOfSample, memorized, out_of_sample, pooled
 
 SCORES = ("self_confidence", "normalized_margin")
 NEIGHBOUR_METHODS = ("projected", "exact")
+DOUBTFUL = 10  # fewest flagged examples that measure memorization; else the least confident
 
 
 @dataclass(frozen=True, kw_only=True)
 class AuditOptions(KernelOptions):
-    """``score``: the label-quality score (self_confidence or normalized_margin); ``min_out``:
-    held-out runs an example needs to be scored; ``near_duplicate``, ``leak``: correlations at
+    """``score``: the label-quality score (self_confidence or normalized_margin); ``in_sample``:
+    the weight of the training runs' predictions in the scores, a number in [0, 1] (0: held-out
+    runs only) or "auto" (see the module); ``min_out``: held-out runs an example needs to be scored; ``near_duplicate``, ``leak``: correlations at
     or above which a train pair is a near-duplicate and a test example a leak; ``outlier_k``:
     neighbours averaged by the outlier score; ``outlier_fraction``: the share of training
     examples flagged as outliers; ``kernel``: run the kernel checks; ``heldout_stats``: add
@@ -61,6 +69,7 @@ class AuditOptions(KernelOptions):
     (:class:`~..kernel.KernelOptions`)."""
 
     score: str = "self_confidence"
+    in_sample: str | float = "auto"
     min_out: int = 1
     near_duplicate: float = 0.98
     leak: float = 0.98
@@ -78,6 +87,10 @@ class AuditOptions(KernelOptions):
     def validate(self) -> None:
         super().validate()
         check_choice("score", self.score, SCORES)
+        if self.in_sample != "auto":
+            if isinstance(self.in_sample, bool) or not isinstance(self.in_sample, (int, float)):
+                raise OptionError("in_sample", f"must be \"auto\" or a weight in [0, 1], got {self.in_sample!r}")
+            check_number("in_sample", self.in_sample, 0, 1)
         check_number("min_out", self.min_out, 1, integer=True)
         for name in ("near_duplicate", "leak"):
             value = getattr(self, name)
@@ -116,6 +129,8 @@ class AuditResult(Result):
     suggested_label: np.ndarray
     is_label_issue: np.ndarray
     cl: ConfidentLearning | None
+    in_sample_weight: float = 0.0
+    memorized: float | None = None
     memorization: np.ndarray | None = None
     cscore: np.ndarray | None = None
     nearest_train: np.ndarray | None = None
@@ -245,6 +260,8 @@ class AuditResult(Result):
             "n_label_issues": int(self.is_label_issue.sum()),
             "label_issues_by_class": np.bincount(self.labels[self.is_label_issue], minlength=C).tolist(),
             "noise_rate": None if self.cl is None else self.cl.noise_rate,
+            "in_sample_weight": self.in_sample_weight,
+            "memorized": self.memorized,
             "noise_rate_by_class": None if self.cl is None else [float(x) for x in self.cl.noise_rate_by_class],
             "joint": None if self.cl is None else self.cl.joint.tolist(),
             "confident_joint": None if self.cl is None else self.cl.confident_joint.tolist(),
@@ -341,11 +358,13 @@ def audit(pop: Population, options: AuditOptions | None = None, labels: np.ndarr
     else:
         p = probs[scored].astype(np.float64)
         ys = y[scored]
-        sc[scored] = self_confidence(p, ys)
-        nm[scored] = normalized_margin(p, ys)
         suggested[scored] = p.argmax(1)
         cl = confident_learning(p, ys)
         flags[scored] = cl.is_label_issue
+        weight, memo = _in_sample_weight(oos, y, flags, scored, options, notes)
+        ranked = pooled(oos, weight)[scored] if weight > 0 else p
+        sc[scored] = self_confidence(ranked, ys)
+        nm[scored] = normalized_margin(ranked, ys)
         if (~scored).any():
             fewer = "by no run" if options.min_out == 1 else f"by fewer than {options.min_out} runs"
             notes.append(f"{int((~scored).sum()):,} training examples were held out {fewer}: not scored (NaN); train more runs")
@@ -353,6 +372,8 @@ def audit(pop: Population, options: AuditOptions | None = None, labels: np.ndarr
         labels=y, probs=probs, n_out=oos.n_out, self_confidence=sc, normalized_margin=nm, suggested_label=suggested,
         is_label_issue=flags, cl=cl, notes=notes, runs=runs, options=options,
     )
+    if cl is not None:
+        result.in_sample_weight, result.memorized = weight, memo
     if options.heldout_stats and scored.any() and "mask/train" in pop.arrays:
         from ..heldout import cscore, memorization
 
@@ -361,6 +382,34 @@ def audit(pop: Population, options: AuditOptions | None = None, labels: np.ndarr
     if options.kernel:
         _kernel_checks(pop, runs, options, result)
     return result
+
+
+def _in_sample_weight(oos: OutOfSample, y: np.ndarray, flags: np.ndarray, scored: np.ndarray,
+                      options: AuditOptions, notes: list[str]) -> tuple[float, float | None]:
+    """The training runs' weight in the scores and their memorization ``m`` (None where not
+    measured: no doubtful example that a run trained on, or other labels than the runs')."""
+    own = np.array_equal(y, oos.labels)
+    memo = None
+    if own:
+        if flags.sum() >= DOUBTFUL:
+            doubtful = flags
+        else:
+            count = min(int(scored.sum()), max(DOUBTFUL, int(np.ceil(0.01 * scored.sum()))))
+            held = oos.probs[np.flatnonzero(scored), y[scored]]
+            doubtful = np.flatnonzero(scored)[np.argsort(held, kind="stable")[:count]]
+        m = memorized(oos, doubtful)
+        memo = None if np.isnan(m) else m
+    if options.in_sample != "auto":
+        weight = float(options.in_sample)
+    elif not own:
+        weight = 0.0
+        notes.append("label-quality scores from held-out runs only: the audited labels are not the ones the runs trained with")
+    else:
+        weight = 0.0 if memo is None else max(0.0, 1.0 - 2.0 * memo)
+    if weight > 0:
+        how = "" if memo is None else f"; they close {100 * memo:.0f}% of a doubtful label's gap to certainty"
+        notes.append(f"label-quality scores pool the training runs' predictions with weight {weight:.2f}{how} (in_sample=0: held-out runs only)")
+    return weight, memo
 
 
 PRELOADED = ("logits/train", "logits/test", "mask/train", "labels/train")
