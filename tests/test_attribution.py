@@ -223,6 +223,9 @@ def test_lds_refusals(subsets, tmp_path):
     assert run("datamodels", str(subsets), "--estimator", "lasso").returncode == 2
     one = run("datamodels", str(subsets), "--fit-runs", "0-0")
     assert one.returncode == 2 and one.stderr.startswith("error: --fit-runs selects 1 run;"), one.stderr
+    for extra in ([], ["--neighbours", "5"]):  # runs 0 and 1 are two seeds of one subset
+        same = run("datamodels", str(subsets), "--fit-runs", "0-1", "--estimator", "ridge", *extra)
+        assert same.returncode == 2 and "all trained on the same examples" in same.stderr, same.stderr
 
 
 def test_lds_equals_dattri_on_the_same_inputs():

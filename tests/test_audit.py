@@ -138,6 +138,25 @@ def test_pooled_probabilities_and_memorization_by_hand(noisy):
                 assert np.isnan(p[i]).all()
 
 
+def test_memorization_is_measured_on_the_least_confident_when_few_are_flagged():
+    from manyruns.analysis.audit.audit import _in_sample_weight
+    from manyruns.analysis.audit.outofsample import OutOfSample
+
+    rng = np.random.default_rng(1)
+    N, C = 3000, 4
+    held, trained = rng.dirichlet(np.ones(C), N).astype(np.float32), rng.dirichlet(np.ones(C), N).astype(np.float32)
+    oos = OutOfSample(probs=held, n_out=np.full(N, 3), labels=rng.integers(0, C, N), runs=np.arange(6), in_probs=trained, n_in=np.full(N, 3))
+    scored = np.ones(N, dtype=bool)
+    lowest = np.argsort(held[np.arange(N), oos.labels], kind="stable")[:30]  # 1% of 3,000
+    for flagged in (np.zeros(N, dtype=bool), np.isin(np.arange(N), lowest[:9])):
+        notes: list[str] = []
+        weight, memo = _in_sample_weight(oos, oos.labels, flagged, scored, AuditOptions(), notes)
+        assert memo == pytest.approx(memorized(oos, lowest)) and weight == pytest.approx(max(0.0, 1 - 2 * memo))
+    flagged = np.isin(np.arange(N), lowest[:12])
+    assert _in_sample_weight(oos, oos.labels, flagged, scored, AuditOptions(in_sample=0.25), [])[1] == pytest.approx(memorized(oos, flagged))
+    assert _in_sample_weight(oos, oos.labels, flagged, scored, AuditOptions(in_sample=0.25), [])[0] == 0.25
+
+
 def test_label_quality_pools_training_runs_by_their_memorization(noisy):
     """in_sample=0 ranks by held-out probabilities alone; "auto" pools the training runs with
     weight max(0, 1 - 2 m), m measured on the flagged examples; the flags never change."""

@@ -119,6 +119,13 @@ def test_plan_is_idempotent_grows_and_refuses(tmp_path, write_recipe):
         manyruns.plan(write_recipe(tiny_recipe(runs=7).replace("lr = 0.1", "lr = 0.2"), "other.toml"), store)
     assert "optimizer.lr (store: 0.1, recipe: 0.2)" in str(info.value)
     assert manyruns.open(store).recipe.optimizer.lr == 0.1
+    # a store written before a recipe field existed: its default, not a difference
+    s = Store.open(store)
+    meta = s.meta
+    del meta["recipe"]["population"]["seeds_per_subset"]
+    s.group.attrs["manyruns"] = meta
+    manyruns.plan(write_recipe(tiny_recipe(runs=8), "older.toml"), store)
+    assert manyruns.open(store).num_runs == 8
 
 
 def test_uncommitted_runs_are_invisible_and_redone_identically(tmp_path, reference):

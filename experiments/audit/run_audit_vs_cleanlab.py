@@ -15,7 +15,10 @@ For each dataset, noise setting and seed:
    near-duplicate and outlier checks) on the cross-validated probabilities and the held-out
    fold model's features. **Arm M**: ``manyruns.audit`` on a population of random halves,
    with the first 8 runs (equal training compute: 8 x 0.5 = 5 x 0.8 examples per epoch) and
-   more (``--runs``); also cleanlab's filter fed with the population's probabilities.
+   more (``--runs``), and on the folds population itself (its first 5 runs are arm C's
+   training; ``--fold-runs`` beyond 5 repeat the cross-validation on fresh partitions); each
+   with its AP from held-out runs alone beside the audit's pooled ranking, and cleanlab's
+   filter fed with the population's held-out probabilities.
 4. **Metrics** per arm: AUROC and average precision of the label-quality scores against the
    planted errors, precision / recall / F1 of the flagged set, estimated against true noise
    rate, training and audit wall time; recall of the planted duplicate pairs and of the
@@ -25,6 +28,7 @@ Writes ``results.json`` (every setting and seed) and ``summary.md`` (means and s
 deviations over seeds) into ``--out``.
 
     python experiments/audit/run_audit_vs_cleanlab.py --dataset mnist --noise sym-0.05,sym-0.2,cc-0.2 --seeds 0,1,2 [--runs 8,50,200]
+    python experiments/audit/run_audit_vs_cleanlab.py --rescore ...   # arm M again on the stores (audit changed), cleanlab's arms kept
 """
 
 from __future__ import annotations
@@ -125,21 +129,18 @@ def noise_block(setting: str, num_classes: int, prior: np.ndarray, seed: int) ->
 def recipe_text(dataset: str, noise: str, seed: int, folds: bool, runs: int) -> str:
     text = (REPO / "examples" / "audit-mnist.toml").read_text()
     text = text.replace('dataset = "mnist"', f'dataset = "{dataset}"').replace("seed = 0", f"seed = {seed}")
-    if folds:
-        text = text.replace("subset = 0.5", "folds = 5").replace("runs = 200", "runs = 5").replace("metrics = true", "metrics = true\nfeatures = 5")
-    else:
-        text = text.replace("runs = 200", f"runs = {runs}")
-    return text + noise
+    if folds:  # features of the first 5 runs (one cross-validation) for Datalab's checks
+        text = text.replace("subset = 0.5", "folds = 5").replace("metrics = true", "metrics = true\nfeatures = 5")
+    return text.replace("runs = 200", f"runs = {runs}") + noise
 
 
 def trained(recipe: str, store: Path, data_root: Path, workers: int) -> tuple[manyruns.Population, float]:
-    """The store trained to the end (resumed if it exists), and its training time: the runs'
-    seconds over the workers."""
-    if not (store / "zarr.json").is_file():
-        path = store.parent / (store.name + ".toml")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(recipe)
-        manyruns.plan(path, store, data_root)
+    """The store trained to the end (resumed, or grown to the recipe's runs, if it exists), and
+    its training time: the runs' seconds over the workers."""
+    path = store.parent / (store.name + ".toml")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(recipe)
+    manyruns.plan(path, store, data_root)  # creates, grows to more runs, or changes nothing
     manyruns.train(store, workers=workers, data_dir=data_root, progress=False)
     pop = manyruns.open(store)
     return pop, float(pop.runs.seconds.sum() / workers)  # wall time with the workers busy
@@ -374,7 +375,8 @@ def compact(results: list[dict]) -> str:
             ap = np.array([e["ap"] for e in entries])
             f1 = np.array([e["f1"] for e in entries])
             sd = lambda v: f" ± {v.std(ddof=1):.4f}" if v.size > 1 else ""  # noqa: E731
-            held = f" (held-out {np.mean([e['ap_held_out'] for e in entries]):.4f})" if "ap_held_out" in entries[0] else ""
+            held = [e["ap_held_out"] for e in entries if "ap_held_out" in e]
+            held = f" (held-out only {np.mean(held):.4f})" if held else ""
             return f"AP {ap.mean():.4f}{sd(ap)}{held}, F1 {f1.mean():.3f}" + ("" if len(entries) == len(group) else f" ({len(entries)} seed)")
 
         row = [f"{dataset} {noise}", str(len(group)), cell([r["cleanlab_cv"] for r in group])]

@@ -83,7 +83,7 @@ def plan(recipe: Recipe | str | os.PathLike, path: str | os.PathLike, data_dir: 
     path = open_location(path)  # a local folder or an object-store URL
     if path.exists("zarr.json"):
         existing = Store.open(path)
-        old, new = dict(existing.meta["recipe"]), recipe.to_dict()
+        old, new = existing.recipe.to_dict(), recipe.to_dict()  # a store from before a field existed reads its default
         old_runs, new_runs = old["population"]["runs"], new["population"]["runs"]
         old["population"] = {**old["population"], "runs": None}
         new["population"] = {**new["population"], "runs": None}

@@ -191,6 +191,14 @@ def fit_ridge(masks: np.ndarray, outputs: np.ndarray, alphas: tuple[float, ...],
     return W.T, intercept, float(alpha), {str(a): e for a, e in errors.items()}
 
 
+def _varied(pop: Population, runs: np.ndarray, options: DatamodelOptions) -> tuple[np.ndarray, np.ndarray]:
+    """The runs' masks and outputs, refused when every run trained on the same examples."""
+    masks, outs = masks_and_outputs(pop, runs, options.output, options.block_size)
+    if not (masks != masks[:1]).any():
+        raise OptionError("runs", f"selects {runs.size} runs that all trained on the same examples; ridge needs runs on different subsets")
+    return masks, outs
+
+
 def datamodels(pop: Population, options: DatamodelOptions | None = None, **fields) -> DatamodelResult:
     """Fit the datamodels of every test example of ``pop`` on the selected runs (see the module)."""
     options = options_of(DatamodelOptions, options, fields)
@@ -207,8 +215,8 @@ def datamodels(pop: Population, options: DatamodelOptions | None = None, **field
             raise OptionError("neighbours", f"must be at most the {n_train:,} training examples, got {max(options.neighbours)}")
         from ..kernel import PopulationLogits, kernel_topk
 
+        masks, outs = _varied(pop, runs, options)
         near = kernel_topk(PopulationLogits(pop, runs, ("train", "test")), max(options.neighbours), "test").indices
-        masks, outs = masks_and_outputs(pop, runs, options.output, options.block_size)
         scores, intercept, sizes, alphas = fit_neighbour_ridge(masks, outs, near, options.neighbours, options.alphas, options.holdout)
         alpha, chosen = float(np.median(alphas)), {"neighbours": sizes, "alphas": alphas}
     elif options.estimator == "diffmeans":
@@ -217,8 +225,6 @@ def datamodels(pop: Population, options: DatamodelOptions | None = None, **field
             acc.add(pop.read("mask/train", block).astype(bool), model_output(pop.read("logits/test", block), labels, options.output))
         scores, intercept = acc.finish()
     else:
-        masks, outs = masks_and_outputs(pop, runs, options.output, options.block_size)
-        if not (masks != masks[:1]).any():
-            raise OptionError("runs", f"selects {runs.size} runs that all trained on the same examples; ridge needs runs on different subsets")
+        masks, outs = _varied(pop, runs, options)
         scores, intercept, alpha, validation = fit_ridge(masks.astype(np.float32), outs, options.alphas, options.holdout)
     return DatamodelResult(scores=scores, intercept=intercept, alpha=alpha, validation=validation, runs=runs, options=options, **chosen)

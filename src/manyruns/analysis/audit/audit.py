@@ -55,8 +55,8 @@ DOUBTFUL = 10  # fewest flagged examples that measure memorization; else the lea
 class AuditOptions(KernelOptions):
     """``score``: the label-quality score (self_confidence or normalized_margin); ``in_sample``:
     the weight of the training runs' predictions in the scores, a number in [0, 1] (0: held-out
-    runs only) or "auto" (see the module); ``min_out``: held-out runs an example needs to be scored; ``near_duplicate``, ``leak``: correlations at
-    or above which a train pair is a near-duplicate and a test example a leak; ``outlier_k``:
+    runs only) or "auto" (see the module); ``min_out``: held-out runs an example needs to be
+    scored; ``near_duplicate``, ``leak``: correlations at or above which a train pair is a near-duplicate and a test example a leak; ``outlier_k``:
     neighbours averaged by the outlier score; ``outlier_fraction``: the share of training
     examples flagged as outliers; ``kernel``: run the kernel checks; ``heldout_stats``: add
     memorization and C-scores; ``block_size``: runs read at a time; ``top``: examples of each
@@ -348,7 +348,7 @@ def audit(pop: Population, options: AuditOptions | None = None, labels: np.ndarr
     nm = np.full(N, np.nan)
     suggested = np.full(N, -1, dtype=np.int64)
     flags = np.zeros(N, dtype=bool)
-    cl = None
+    cl, weight, memo = None, 0.0, None
     if not scored.any():
         reason = "no selected run held any training example out" if not oos.n_out.any() else f"no example was held out by {options.min_out} or more runs"
         notes.append(
@@ -370,10 +370,8 @@ def audit(pop: Population, options: AuditOptions | None = None, labels: np.ndarr
             notes.append(f"{int((~scored).sum()):,} training examples were held out {fewer}: not scored (NaN); train more runs")
     result = AuditResult(
         labels=y, probs=probs, n_out=oos.n_out, self_confidence=sc, normalized_margin=nm, suggested_label=suggested,
-        is_label_issue=flags, cl=cl, notes=notes, runs=runs, options=options,
+        is_label_issue=flags, cl=cl, in_sample_weight=weight, memorized=memo, notes=notes, runs=runs, options=options,
     )
-    if cl is not None:
-        result.in_sample_weight, result.memorized = weight, memo
     if options.heldout_stats and scored.any() and "mask/train" in pop.arrays:
         from ..heldout import cscore, memorization
 
