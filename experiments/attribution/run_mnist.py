@@ -230,6 +230,36 @@ def dattri_scores(model: str, method: str, grid_value=None) -> np.ndarray:
     return np.asarray(score.T.cpu().numpy(), dtype=np.float32)  # dattri's (N, T) -> (T, N)
 
 
+def traker_scores(model: str, k: int) -> np.ndarray:
+    """``(T, N)`` TRAK scores by MadryLab's ``traker`` (its CPU projector, Gaussian, the same 512
+    dimensions) on the first ``k`` models of the ``half`` store: a second implementation of
+    TRAK beside dattri's."""
+    import tempfile
+
+    import torch
+    from trak import TRAKer
+
+    torch.manual_seed(0)
+    pop = manyruns.open(ROOT / model / "half")
+    recipe = pop.store.recipe
+    net = Net.build(list(recipe.model.widths))
+    ckpts = Net.state_dicts(pop, recipe.training.epochs)[:k]
+    x_tr, y_tr, x_te, y_te = inputs(pop)
+    with tempfile.TemporaryDirectory() as tmp:
+        traker = TRAKer(model=net, task="image_classification", train_set_size=len(y_tr), save_dir=tmp, device="cpu",
+                        proj_dim=TRAK_DIMS, use_half_precision=False)
+        for i, ckpt in enumerate(ckpts):
+            traker.load_checkpoint(ckpt, model_id=i)
+            for b in range(0, len(y_tr), 500):
+                traker.featurize(batch=(x_tr[b : b + 500], y_tr[b : b + 500]), num_samples=len(y_tr[b : b + 500]))
+        traker.finalize_features()
+        for i, ckpt in enumerate(ckpts):
+            traker.start_scoring_checkpoint(exp_name="test", checkpoint=ckpt, model_id=i, num_targets=len(y_te))
+            traker.score(batch=(x_te, y_te), num_samples=len(y_te))
+        scores = traker.finalize_scores(exp_name="test")
+    return np.asarray(scores.T if not hasattr(scores, "numpy") else scores.numpy().T, dtype=np.float32)  # (N, T) -> (T, N)
+
+
 # ----------------------------------------------------------------------------------- score
 
 
@@ -272,6 +302,8 @@ def score(model: str, only: list[str] | None) -> None:
             save(f"kernel_signed-{R}", lambda: np.load(folder / f"kernel-{R}.npy") * same)
     for method in ("tracin", "grad-dot", "trak-1", "trak-10", "trak-50"):
         save(method, lambda: dattri_scores(model, method))
+    for k in (1, 10, 50):  # the same TRAK by MadryLab's traker
+        save(f"traker-{k}", lambda: traker_scores(model, k))
     # Influence functions: dattri's regularization grid, every value kept (evaluate picks the best).
     for method in (["if-explicit"] if model == "lr" else []) + ["if-cg"]:
         for reg in IF_REGULARIZATION if model == "lr" else IF_REGULARIZATION[1:4]:  # the MLP: 0.1, 0.01, 0.001
@@ -336,7 +368,7 @@ def models_of(method: str) -> tuple[str, str, int]:
     family, _, count = method.rpartition("-")
     if family in ("diffmeans", "ridge", "ridge_near", "kernel", "kernel_signed"):
         return family, "fit", int(count)
-    if family == "trak":
+    if family in ("trak", "traker"):
         return method, "half", int(count)
     return method, "full", 10 if method == "tracin" else 1
 
