@@ -17,7 +17,8 @@ means and ridge datamodels and the ensemble kernel (raw, and signed by label agr
 number of fit runs, and ridge on each test example's kernel neighbours (``ridge_near``, 25 to
 800 of them); through dattri (a benchmark-only extra): influence functions (explicit for
 logistic regression, conjugate gradients), TracIn (10 full models), Grad-Dot, TRAK-1/10/50
-(512 projection dimensions). For influence functions the regularization is chosen on the LDS
+(512 projection dimensions); and TRAK-1/10/50 again through MadryLab's ``traker`` (also a
+benchmark extra; ``--only traker-1 traker-10`` skips its 50 models). For influence functions the regularization is chosen on the LDS
 as dattri's benchmark script does (the best of 1, 0.1, ..., 1e-4 for logistic regression, of
 0.1, 0.01, 0.001 for the MLP: dattri's grid, shortened for time), which flatters them; the
 datamodels choose their penalty on held-out fit runs only.
