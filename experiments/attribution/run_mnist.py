@@ -26,6 +26,7 @@ datamodels choose their penalty on held-out fit runs only.
     python experiments/attribution/run_mnist.py train lr --fit-runs 3000
     python experiments/attribution/run_mnist.py score lr
     python experiments/attribution/run_mnist.py evaluate lr
+    python experiments/attribution/run_mnist.py spread lr          # one-model methods on each of 10 models
     python experiments/attribution/run_mnist.py summary          # docs/attribution/results.{json,md}
 
 Every stage resumes: stores grow and train what is missing, scores already written are kept.
@@ -167,8 +168,9 @@ class Net:
         return out
 
 
-def dattri_scores(model: str, method: str, grid_value=None) -> np.ndarray:
-    """``(T, N)`` scores of a dattri attributor on the ``full``/``half`` store's models."""
+def dattri_scores(model: str, method: str, grid_value=None, first: int = 0) -> np.ndarray:
+    """``(T, N)`` scores of a dattri attributor on the ``full``/``half`` store's models (from
+    model ``first`` on)."""
     import torch
     from dattri.algorithm.influence_function import IFAttributorCG, IFAttributorExplicit
     from dattri.algorithm.tracin import TracInAttributor
@@ -182,7 +184,7 @@ def dattri_scores(model: str, method: str, grid_value=None) -> np.ndarray:
     pop = manyruns.open(ROOT / model / kind)
     recipe = pop.store.recipe
     net = Net.build(list(recipe.model.widths))
-    ckpts = Net.state_dicts(pop, recipe.training.epochs)
+    ckpts = Net.state_dicts(pop, recipe.training.epochs)[first:]
     x_tr, y_tr, x_te, y_te = inputs(pop)
     train_set, test_set = TensorDataset(x_tr, y_tr), TensorDataset(x_te, y_te)
     # One batch per split: dattri's attributors redo the test side for every training batch.
@@ -231,7 +233,7 @@ def dattri_scores(model: str, method: str, grid_value=None) -> np.ndarray:
     return np.asarray(score.T.cpu().numpy(), dtype=np.float32)  # dattri's (N, T) -> (T, N)
 
 
-def traker_scores(model: str, k: int) -> np.ndarray:
+def traker_scores(model: str, k: int, first: int = 0) -> np.ndarray:
     """``(T, N)`` TRAK scores by MadryLab's ``traker`` (its CPU projector, Gaussian, the same 512
     dimensions) on the first ``k`` models of the ``half`` store: a second implementation of
     TRAK beside dattri's."""
@@ -244,7 +246,7 @@ def traker_scores(model: str, k: int) -> np.ndarray:
     pop = manyruns.open(ROOT / model / "half")
     recipe = pop.store.recipe
     net = Net.build(list(recipe.model.widths))
-    ckpts = Net.state_dicts(pop, recipe.training.epochs)[:k]
+    ckpts = Net.state_dicts(pop, recipe.training.epochs)[first : first + k]
     x_tr, y_tr, x_te, y_te = inputs(pop)
     with tempfile.TemporaryDirectory() as tmp:
         traker = TRAKer(model=net, task="image_classification", train_set_size=len(y_tr), save_dir=tmp, device="cpu",
@@ -360,6 +362,37 @@ def evaluate(model: str) -> None:
         log(f"{model}: {name}: LDS {ours.lds:.3f} [{ours.ci[0]:.3f}, {ours.ci[1]:.3f}] (dattri {results[name]['dattri_lds']:.3f}); ceiling {ours.ceiling}")
 
 
+def spread(model: str) -> None:
+    """How much a one-model method's LDS depends on which model it is given: Grad-Dot on each
+    of the 10 ``full`` models and TRAK-1 (by traker) on each of the first 10 ``half`` models,
+    against one seed per subset (dattri's protocol) and the 5-seed block."""
+    eval_pop = manyruns.open(ROOT / model / "eval")
+    runs = eval_pop.select("ok")
+    seeds = int(eval_pop.store.recipe.population.seeds_per_subset)
+    path = ROOT / model / "spread.json"
+    out = read_json(path)
+    for method, make in (("grad-dot", lambda j: dattri_scores(model, "grad-dot", first=j)), ("trak-1", lambda j: traker_scores(model, 1, first=j))):
+        for j in range(10):
+            key = f"{method}#{j}"
+            if key in out:
+                continue
+            s = make(j)
+            one = float(np.mean([lds(eval_pop, s, runs=runs[k::seeds], output=OUTPUT, bootstrap=0).lds for k in range(seeds)]))
+            out[key] = {"lds": lds(eval_pop, s, runs=runs, output=OUTPUT, bootstrap=0).lds, "lds_one_seed": one}
+            write_json(path, out)
+            log(f"{model}: {key}: LDS {out[key]['lds']:.3f}, one seed {one:.3f}")
+
+
+def spread_line(model: str) -> str | None:
+    out = read_json(ROOT / model / "spread.json")
+    parts = []
+    for method in ("grad-dot", "trak-1"):
+        v = np.array([r["lds_one_seed"] for k, r in out.items() if k.split("#")[0] == method])
+        if v.size:
+            parts.append(f"{method} {v.min():.3f} to {v.max():.3f} (mean {v.mean():.3f}, published {PUBLISHED[model].get(method, float('nan')):.2f})")
+    return "Each of 10 models alone (LDS, 1 seed): " + "; ".join(parts) + "." if parts else None
+
+
 # --------------------------------------------------------------------------------- summary
 
 
@@ -407,6 +440,10 @@ def summary() -> None:
                 f"| {r['method']} | {r['models']} | {r['lds']:.3f} | [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] | {r['dattri_lds']:.3f} | "
                 f"{r['max_abs_difference']:.1e} | {r['lds_one_seed']:.3f} | {'' if r['published'] is None else format(r['published'], '.2f')} | {r['total_seconds']:.0f} |"
             )
+        line = spread_line(model)
+        if line:
+            out[model]["spread"] = read_json(ROOT / model / "spread.json")
+            lines += ["", line]
         lines.append("")
     write_json(DOCS / "results.json", out)
     (DOCS / "summary.md").write_text("\n".join(lines) + "\n")
@@ -415,7 +452,7 @@ def summary() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("stage", choices=["train", "score", "evaluate", "summary"])
+    ap.add_argument("stage", choices=["train", "score", "evaluate", "spread", "summary"])
     ap.add_argument("model", nargs="?", choices=list(SETTINGS))
     ap.add_argument("--fit-runs", type=int, default=None, help="runs in the fit store (default: the largest step)")
     ap.add_argument("--workers", type=int, default=2)
@@ -429,6 +466,8 @@ def main(argv: list[str] | None = None) -> None:
         score(a.model, a.only)
     elif a.stage == "evaluate":
         evaluate(a.model)
+    elif a.stage == "spread":
+        spread(a.model)
     else:
         summary()
 

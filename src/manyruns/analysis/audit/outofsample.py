@@ -49,8 +49,8 @@ class OutOfSample:
     n_out: np.ndarray
     labels: np.ndarray
     runs: np.ndarray
-    in_probs: np.ndarray | None = None
-    n_in: np.ndarray | None = None
+    in_probs: np.ndarray
+    n_in: np.ndarray
 
 
 def training_labels(pop: Population, runs: np.ndarray) -> np.ndarray:
