@@ -153,8 +153,8 @@ def test_memorization_is_measured_on_the_least_confident_when_few_are_flagged():
         weight, memo = _in_sample_weight(oos, oos.labels, flagged, scored, AuditOptions(), notes)
         assert memo == pytest.approx(memorized(oos, lowest)) and weight == pytest.approx(max(0.0, 1 - 2 * memo))
     flagged = np.isin(np.arange(N), lowest[:12])
-    assert _in_sample_weight(oos, oos.labels, flagged, scored, AuditOptions(in_sample=0.25), [])[1] == pytest.approx(memorized(oos, flagged))
-    assert _in_sample_weight(oos, oos.labels, flagged, scored, AuditOptions(in_sample=0.25), [])[0] == 0.25
+    weight, memo = _in_sample_weight(oos, oos.labels, flagged, scored, AuditOptions(in_sample=0.25), [])
+    assert weight == 0.25 and memo == pytest.approx(memorized(oos, flagged))
 
 
 def test_label_quality_pools_training_runs_by_their_memorization(noisy):

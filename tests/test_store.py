@@ -123,7 +123,7 @@ def test_plan_is_idempotent_grows_and_refuses(tmp_path, write_recipe):
     s = Store.open(store)
     meta = s.meta
     del meta["recipe"]["population"]["seeds_per_subset"]
-    s.group.attrs["manyruns"] = meta
+    s._set_meta(meta)
     manyruns.plan(write_recipe(tiny_recipe(runs=8), "older.toml"), store)
     assert manyruns.open(store).num_runs == 8
 

@@ -270,13 +270,14 @@ def audit_arm(store: manyruns.Population, n: int, truth: np.ndarray, plants: dic
     noisy, scored = result.labels, result.scored
     quality = np.where(scored, result.self_confidence, np.nan)
     held_out = np.where(scored, result.probs[np.arange(noisy.size), noisy], np.nan)
+    held = score_metrics(truth, 1 - held_out, result.is_label_issue, None)
     pairs = {(int(a), int(b)) for a, b in result.near_duplicate_pairs()[["a", "b"]].itertuples(index=False)}
     leaks = result.is_leak
     entry = {
         **score_metrics(truth, 1 - quality, result.is_label_issue, s["noise_rate"]),
         "auroc_normalized_margin": score_metrics(truth, 1 - np.where(scored, result.normalized_margin, np.nan), result.is_label_issue, None)["auroc"],
-        "ap_held_out": score_metrics(truth, 1 - held_out, result.is_label_issue, None)["ap"],
-        "auroc_held_out": score_metrics(truth, 1 - held_out, result.is_label_issue, None)["auroc"],
+        "ap_held_out": held["ap"],
+        "auroc_held_out": held["auroc"],
         "in_sample_weight": s["in_sample_weight"],
         "memorized": s["memorized"],
         "scored": s["scored"],

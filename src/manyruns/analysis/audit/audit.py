@@ -56,10 +56,10 @@ class AuditOptions(KernelOptions):
     """``score``: the label-quality score (self_confidence or normalized_margin); ``in_sample``:
     the weight of the training runs' predictions in the scores, a number in [0, 1] (0: held-out
     runs only) or "auto" (see the module); ``min_out``: held-out runs an example needs to be
-    scored; ``near_duplicate``, ``leak``: correlations at or above which a train pair is a near-duplicate and a test example a leak; ``outlier_k``:
-    neighbours averaged by the outlier score; ``outlier_fraction``: the share of training
-    examples flagged as outliers; ``kernel``: run the kernel checks; ``heldout_stats``: add
-    memorization and C-scores; ``block_size``: runs read at a time; ``top``: examples of each
+    scored; ``near_duplicate``, ``leak``: correlations at or above which a train pair is a
+    near-duplicate and a test example a leak; ``outlier_k``: neighbours averaged by the outlier
+    score; ``outlier_fraction``: the share of training examples flagged as outliers; ``kernel``:
+    run the kernel checks; ``heldout_stats``: add memorization and C-scores; ``block_size``: runs read at a time; ``top``: examples of each
     issue type listed in the summary; ``neighbours``: projected (an exact scan of the kernel
     when ``R C' <= 2 dims``, else a ``dims``-dimensional sketch whose best ``candidates`` per
     example are re-ranked by their exact values, :mod:`..kernel_projected`) or exact (the
