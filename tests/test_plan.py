@@ -203,3 +203,33 @@ def test_seeds_per_subset_share_subset_and_condition_not_seed():
     base = recipe(runs=12, subset="[0.25, 0.75]")
     assert plan_runs(one) == plan_runs(base)
     assert all(np.array_equal(realize_mask(one, p, 500), realize_mask(base, p, 500)) for p in plan_runs(base))
+
+
+def test_shared_seed_varies_only_the_subset(tmp_path):
+    """Runs of a shared seed draw init, order, dropout and augmentation from run 0's streams:
+    on one subset they train to the same network; on random subsets their masks are the ones
+    a recipe without the option draws."""
+    import pytest
+
+    import manyruns
+    from manyruns.recipe import RecipeError
+
+    shared, base = recipe("shared_seed = true", runs=6), recipe(runs=6)
+    assert len({p.seed for p in plan_runs(shared)}) == 1 and len({p.seed for p in plan_runs(base)}) == 6
+    def drawn(s):  # what the engine draws from a run's seeds
+        return s.init, s.dropout, tuple(s.order.generate_state(2)), tuple(s.augment.generate_state(2))
+
+    assert {drawn(run_seeds(shared, i)) for i in range(6)} == {drawn(run_seeds(base, 0))}
+    assert all(np.array_equal(realize_mask(shared, p, 500), realize_mask(base, p, 500)) for p in plan_runs(base))
+    with pytest.raises(RecipeError, match="shared_seed or population.seeds_per_subset"):
+        recipe("shared_seed = true\nseeds_per_subset = 2")
+
+    logits = {}
+    for name, extra in (("shared", "shared_seed = true"), ("own", "")):
+        path = tmp_path / f"{name}.toml"
+        path.write_text(tiny_recipe(runs=2, subset="1.0").replace("[record]", extra + "\n[record]"))
+        manyruns.plan(path, tmp_path / name)
+        manyruns.train(tmp_path / name, executor="serial", progress=False)
+        logits[name] = manyruns.open(tmp_path / name).read("logits/test", np.arange(2))
+    assert np.array_equal(logits["shared"][0], logits["shared"][1])  # one seed, one subset: one network
+    assert not np.allclose(logits["own"][0], logits["own"][1])

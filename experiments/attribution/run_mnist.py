@@ -10,7 +10,10 @@ under ``runs/attribution/<model>/``:
   is shared with ``fit``): the LDS ground truth, with its noise ceiling;
 * ``half``: 50 runs on 50% subsets with their final weights (TRAK's models, as in dattri);
 * ``full``: 10 runs on the whole 5,000 with their final weights (influence functions and
-  TracIn's ensemble, as in dattri).
+  TracIn's ensemble, as in dattri);
+* ``fit-shared`` (``train --shared-runs N``): ``fit``'s subsets with one seed shared by every
+  run (``population.shared_seed``), so the datamodels fitted on it (``ridge_shared``,
+  ``ridge_near_shared``) see the subsets' effect without each seed's own.
 
 The target is dattri's: the negated test loss (``neg_loss``). Methods: manyruns' difference of
 means and ridge datamodels and the ensemble kernel (raw, and signed by label agreement) at each
@@ -62,6 +65,8 @@ STORES = {
     "eval": {"population.seed": 1, "population.subset": 0.5, "population.seeds_per_subset": 5, "population.runs": 500},
     "half": {"population.seed": 2, "population.subset": 0.5, "population.runs": 50},
     "full": {"population.seed": 3, "population.subset": 1.0, "population.runs": 10},
+    # fit's subsets, every run with run 0's seed: the datamodels' outputs without the seed's own noise
+    "fit-shared": {"population.seed": 0, "population.subset": 0.5, "population.shared_seed": True, "record.logits": ["train", "test"]},
 }
 # dattri's published MNIST LDS (its paper's benchmark figure, read off the bars to about 0.01).
 PUBLISHED = {
@@ -88,7 +93,7 @@ def write_json(path: Path, data: dict) -> None:
 def store_recipe(model: str, kind: str, fit_runs: int) -> Recipe:
     base = Recipe.load(HERE / SETTINGS[model]["recipe"])
     overrides = dict(STORES[kind])
-    if kind == "fit":
+    if kind.startswith("fit"):
         overrides["population.runs"] = fit_runs
     if kind in ("half", "full"):
         overrides["record.weights"] = [base.training.epochs]
@@ -98,12 +103,12 @@ def store_recipe(model: str, kind: str, fit_runs: int) -> Recipe:
 # ----------------------------------------------------------------------------------- train
 
 
-def train(model: str, fit_runs: int, workers: int) -> None:
+def train(model: str, fit_runs: int, workers: int, shared_runs: int = 0) -> None:
     times_path = ROOT / model / "train_times.json"
     times = read_json(times_path)
-    for kind in ("eval", "full", "half", "fit"):
+    for kind in ("eval", "full", "half", "fit") + (("fit-shared",) if shared_runs else ()):
         path = ROOT / model / kind
-        pop = manyruns.plan(store_recipe(model, kind, fit_runs), path)
+        pop = manyruns.plan(store_recipe(model, kind, shared_runs if kind == "fit-shared" else fit_runs), path)
         todo = int((~pop.committed).sum())
         if not todo:
             continue
@@ -303,6 +308,11 @@ def score(model: str, only: list[str] | None) -> None:
         save(f"kernel-{R}", kernel)
         if (folder / f"kernel-{R}.npy").exists():
             save(f"kernel_signed-{R}", lambda: np.load(folder / f"kernel-{R}.npy") * same)
+    if (ROOT / model / "fit-shared").exists():  # ridge on the shared-seed runs, beside ridge on fit's
+        shared = manyruns.open(ROOT / model / "fit-shared")
+        for R in [R for R in SETTINGS[model]["fit_steps"] if R <= int(shared.committed.sum())]:
+            save(f"ridge_shared-{R}", lambda: datamodels(shared, runs=f"0-{R - 1}", output=OUTPUT, estimator="ridge").scores)
+            save(f"ridge_near_shared-{R}", lambda: datamodels(shared, runs=f"0-{R - 1}", output=OUTPUT, estimator="ridge", neighbours=NEIGHBOURS).scores)
     for method in ("tracin", "grad-dot", "trak-1", "trak-10", "trak-50"):
         save(method, lambda: dattri_scores(model, method))
     for k in (1, 10, 50):  # the same TRAK by MadryLab's traker
@@ -402,6 +412,8 @@ def models_of(method: str) -> tuple[str, str, int]:
     family, _, count = method.rpartition("-")
     if family in ("diffmeans", "ridge", "ridge_near", "kernel", "kernel_signed"):
         return family, "fit", int(count)
+    if family in ("ridge_shared", "ridge_near_shared"):
+        return family, "fit-shared", int(count)
     if family in ("trak", "traker"):
         return method, "half", int(count)
     return method, "full", 10 if method == "tracin" else 1
@@ -455,13 +467,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("stage", choices=["train", "score", "evaluate", "spread", "summary"])
     ap.add_argument("model", nargs="?", choices=list(SETTINGS))
     ap.add_argument("--fit-runs", type=int, default=None, help="runs in the fit store (default: the largest step)")
+    ap.add_argument("--shared-runs", type=int, default=0, help="train: also a fit store of this many runs sharing one seed")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--only", nargs="*", help="score only the methods whose names start so")
     a = ap.parse_args(argv)
     if a.stage != "summary" and a.model is None:
         ap.error("give the model (lr or mlp)")
     if a.stage == "train":
-        train(a.model, a.fit_runs or SETTINGS[a.model]["fit_steps"][-1], a.workers)
+        train(a.model, a.fit_runs or SETTINGS[a.model]["fit_steps"][-1], a.workers, a.shared_runs)
     elif a.stage == "score":
         score(a.model, a.only)
     elif a.stage == "evaluate":

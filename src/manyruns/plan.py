@@ -56,7 +56,8 @@ def plan_runs(recipe: Recipe, start: int = 0, stop: int | None = None) -> list[R
             key: sample_sweep(spec, generator(run_stream(seed, r, Purpose.SWEEP, key_of(key))))
             for key, spec in sorted(recipe.population.sweep.items())
         }
-        plans.append(RunPlan(r, run_seed(seed, r), c, subset, noise, inputs, sweep))
+        shown = run_seed(seed, 0 if recipe.population.shared_seed else r)
+        plans.append(RunPlan(r, shown, c, subset, noise, inputs, sweep))
     return plans
 
 
@@ -132,6 +133,7 @@ class RunSeeds:
 
 def run_seeds(recipe: Recipe, index: int) -> RunSeeds:
     seed = recipe.population.seed
+    index = 0 if recipe.population.shared_seed else index
     return RunSeeds(
         init=torch_seed(run_stream(seed, index, Purpose.INIT)),
         dropout=torch_seed(run_stream(seed, index, Purpose.DROPOUT)),

@@ -284,6 +284,11 @@ class PopulationSection(_Section):
     """Runs in blocks of this many share their training subset (and condition) and differ in
     seed: run ``r`` trains on the subset of run ``r - r mod S``. What the linear datamodeling
     score's evaluation needs (several seeds per subset, for its noise ceiling)."""
+    shared_seed: bool = False
+    """Every run draws its initialization, data order, dropout and augmentation from one seed
+    (run 0's), so runs differ only in what else varies (subset, label noise, sweep): the
+    seed's own variation leaves the outputs, which is what datamodels fitted on the runs want.
+    Not combined with ``seeds_per_subset``."""
     label_noise: LabelNoise | None = None
     inputs: InputRandomization | list[InputRandomization] = "none"
     """Input randomization (dataset scope, applied to train and test inputs):
@@ -331,6 +336,8 @@ class PopulationSection(_Section):
             raise ValueError("give population.folds or population.subset, not both (folds set each run's subset)")
         if self.folds is not None and self.seeds_per_subset > 1:
             raise ValueError("give population.folds or population.seeds_per_subset, not both")
+        if self.shared_seed and self.seeds_per_subset > 1:
+            raise ValueError("give population.shared_seed or population.seeds_per_subset, not both (the seeds of a block would be one)")
         return self
 
     @property
