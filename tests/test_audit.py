@@ -351,7 +351,21 @@ def test_preloaded_reads_equal_the_store(noisy):
             np.testing.assert_array_equal(view.read(name, ask), pop.read(name, ask))
     np.testing.assert_array_equal(view.read("logits/test", runs), pop.read("logits/test", runs))  # not kept
     np.testing.assert_array_equal(view.committed, pop.committed)
+    pd.testing.assert_frame_equal(view.runs, pop.runs)
     # the audit through the view gives what it gives through the store
     a = audit(pop, runs=12, kernel=False)
     b = audit(view, runs=12, kernel=False)
     np.testing.assert_array_equal(a.probs, b.probs)
+    # memorization and C-scores read the correctness the audit derives once in its view:
+    # equal to what each computes from the store's logits on its own
+    from manyruns.analysis.heldout import cscore, memorization
+
+    np.testing.assert_array_equal(a.memorization, memorization(pop, runs=a.runs).estimate)
+    np.testing.assert_array_equal(a.cscore, cscore(pop, runs=a.runs, learning_speed=False).cscore)
+    # a derived array: served for the preloaded runs, listed, never in the store
+    correct = np.arange(len(runs) * 5).reshape(len(runs), 5)
+    view.derive("correct/train", correct)
+    assert "correct/train" in view.arrays and "correct/train" not in pop.arrays
+    np.testing.assert_array_equal(view.read("correct/train", runs[::-1]), correct[::-1])
+    with pytest.raises(ValueError, match="3 rows for 4 preloaded runs"):
+        view.derive("other", correct[:3])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from manyruns.analysis.kernel import ArrayLogits, KernelOptions, kernel_topk
-from manyruns.analysis.kernel_projected import projected_topk, standardized
+from manyruns.analysis.kernel_projected import Sketch, projected_topk, standardized
 
 
 def _logits(seed: int, R: int = 24, N: int = 1500, T: int = 400, C: int = 10):
@@ -39,14 +39,17 @@ def test_exact_scan_equals_the_streaming_kernel(queries):
 
 
 @pytest.mark.parametrize("queries", ["train", "test"])
-@pytest.mark.parametrize("dims", [32, 64])
-def test_sketch_returns_exact_values_and_finds_the_nearest(queries, dims):
+@pytest.mark.parametrize("dims, fit_rows", [(32, None), (64, None), (64, 300)])
+def test_sketch_returns_exact_values_and_finds_the_nearest(queries, dims, fit_rows):
+    """``fit_rows``: a sketch whose directions come from 300 of the 1,500 training rows,
+    fitted once and passed in (as the audit does for both splits)."""
     train, test = _logits(1)
     source = ArrayLogits(train, test)
     options = KernelOptions()
     Zt = standardized(source, "train", options)
     Zq = None if queries == "train" else standardized(source, "test", options)
-    got = projected_topk(Zt, Zq, k=5, dims=dims, candidates=16, tile=256)
+    sketch = None if fit_rows is None else Sketch(Zt, dims, fit_rows=fit_rows)
+    got = projected_topk(Zt, Zq, k=5, dims=dims, candidates=16, tile=256, sketch=sketch)
     ref = kernel_topk(source, 5, queries, options)
     assert not got.exact and got.dims == dims
     # every value returned is the exact kernel value of the pair it names

@@ -27,6 +27,7 @@ as dattri's benchmark script does (the best of 1, 0.1, ..., 1e-4 for logistic re
 datamodels choose their penalty on held-out fit runs only.
 
     python experiments/attribution/run_mnist.py train lr --fit-runs 3000
+    python experiments/attribution/run_mnist.py train mlp --shared-runs 1000   # and the fit-shared store
     python experiments/attribution/run_mnist.py score lr
     python experiments/attribution/run_mnist.py evaluate lr
     python experiments/attribution/run_mnist.py spread lr          # one-model methods on each of 10 models

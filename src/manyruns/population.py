@@ -166,11 +166,34 @@ class _Preloaded(Population):
         runs = np.asarray(runs, dtype=np.int64)
         self._committed = store.committed()
         self._position = {int(r): i for i, r in enumerate(runs)}
+        self._derived: list[str] = []
+        self._runs: pd.DataFrame | None = None
         self._cache = {name: store.read_rows(name, runs) for name in names if name in self.arrays}
+
+    @property
+    def arrays(self) -> list[str]:
+        stored = super().arrays
+        return stored + [name for name in self._derived if name not in stored]
+
+    def derive(self, name: str, rows: np.ndarray) -> None:
+        """Serve ``rows (R, ...)``, one per preloaded run in their order, as array ``name`` of
+        this view (never written to the store): a value computed once from the stored arrays
+        that several analyses read, such as the runs' correctness (``correct/train``)."""
+        if len(rows) != len(self._position):
+            raise ValueError(f"derived array {name!r} has {len(rows)} rows for {len(self._position)} preloaded runs")
+        self._cache[name] = rows
+        self._derived.append(name)
 
     @property
     def committed(self) -> np.ndarray:
         return self._committed.copy()
+
+    @property
+    def runs(self) -> pd.DataFrame:
+        """The runs table, read once (each held-out statistic asks for it)."""
+        if self._runs is None:
+            self._runs = super().runs
+        return self._runs.copy()
 
     def read(self, name: str, runs: np.ndarray) -> np.ndarray:
         cached = self._cache.get(name)

@@ -415,15 +415,24 @@ PRELOADED = ("logits/train", "logits/test", "mask/train", "labels/train")
 
 def _read_once(pop: Population, runs: np.ndarray, options: AuditOptions) -> Population:
     """The out-of-sample probabilities, memorization, C-scores and the kernel each pass over the
-    runs' logits: read them once when they fit in half the memory budget."""
+    runs' logits: read them once when they fit in half the memory budget, with each run's
+    correctness on the labels it trained with (``correct/train``), which memorization and
+    C-scores both read, computed once."""
     size = sum(runs.size * int(np.prod(pop.array(n).shape[1:])) * pop.array(n).dtype.itemsize for n in PRELOADED if n in pop.arrays)
-    return pop.preloaded(PRELOADED, runs) if size <= options.memory_gib * 2**30 / 2 else pop
+    if size > options.memory_gib * 2**30 / 2:
+        return pop
+    view = pop.preloaded(PRELOADED, runs)
+    if options.heldout_stats and "correct/train" not in view.arrays and {"logits/train", "labels/train"} <= set(view.arrays):
+        from ..heldout.values import values_from_logits
+
+        view.derive("correct/train", values_from_logits(view.read("logits/train", runs), view.read("labels/train", runs), "correct"))
+    return view
 
 
 def _kernel_checks(pop: Population, runs: np.ndarray, options: AuditOptions, result: AuditResult) -> None:
     """Nearest training neighbours of every training and test example by the kernel."""
     from ..kernel import PopulationLogits
-    from ..kernel_projected import projected_topk, standardized
+    from ..kernel_projected import Sketch, projected_topk, standardized
 
     k = max(options.outlier_k, 1)
     has_test = "logits/test" in pop.arrays
@@ -439,11 +448,12 @@ def _kernel_checks(pop: Population, runs: np.ndarray, options: AuditOptions, res
 
         Zt, train_classes = operand("train")
         groups = (lambda classes: None) if train_classes is None else (lambda classes: (train_classes[:, 0], classes))
-        train = projected_topk(Zt, None, k, options.dims, options.candidates, groups=groups(train_classes))
+        sketch = Sketch(Zt, options.dims) if Zt.shape[1] > 2 * options.dims else None  # fitted once, for both splits
+        train = projected_topk(Zt, None, k, options.dims, options.candidates, groups=groups(train_classes), sketch=sketch)
         test = None
         if has_test:
             Zq, test_classes = operand("test")
-            test = projected_topk(Zt, Zq, 1, options.dims, options.candidates, groups=groups(test_classes))
+            test = projected_topk(Zt, Zq, 1, options.dims, options.candidates, groups=groups(test_classes), sketch=sketch)
         if not train.exact:
             result.notes.append(
                 f"kernel neighbours from a {train.dims}-dimensional sketch, the best {train.candidates} "

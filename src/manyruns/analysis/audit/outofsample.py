@@ -11,6 +11,8 @@ label of ``i`` is the label the runs trained with (``labels/train``), which must
 every selected run (a planted-noise population with dataset-wide noise qualifies; per-run noise
 does not, since then no single label is "given"). Runs are read ``block_size`` at a time;
 memory is two float64 sums ``(N, C)`` plus one block of logits ``(b, N, C)`` as float32.
+Precision: a block's sums are float32 (at most ``block_size`` probabilities, error below 1e-5),
+added into the float64 sums.
 
 **Pooled probabilities** for the label-quality ranking (:func:`pooled`): the training runs'
 predictions count with weight ``w``::
@@ -91,9 +93,9 @@ def out_of_sample(pop: Population, runs: np.ndarray, block_size: int = 32) -> Ou
         n_in += trained.sum(0)
         logits = torch.from_numpy(np.ascontiguousarray(pop.read("logits/train", block))).float()  # (b, N, C)
         probs = logits.softmax(-1)
-        inside = torch.from_numpy(trained).unsqueeze(-1)
-        sums += torch.where(inside, 0.0, probs).sum(0, dtype=torch.float64)
-        in_sums += torch.where(inside, probs, 0.0).sum(0, dtype=torch.float64)
+        inside = torch.from_numpy(trained).float()  # (b, N)
+        in_sums += torch.einsum("bn,bnc->nc", inside, probs)  # each (N, C): the block's training runs
+        sums += torch.einsum("bn,bnc->nc", 1.0 - inside, probs)  # and its held-out runs
     return OutOfSample(
         probs=_mean(sums, n_out), n_out=n_out, labels=training_labels(pop, runs), runs=np.asarray(runs),
         in_probs=_mean(in_sums, n_in), n_in=n_in,
