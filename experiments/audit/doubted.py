@@ -31,7 +31,10 @@ from manyruns.data import load_dataset
 
 
 def doubted(truth: np.ndarray, ours: np.ndarray, theirs: np.ndarray) -> None:
-    """``ours``, ``theirs``: each ranking's probability of the given label."""
+    """``ours``, ``theirs``: each ranking's probability of the given label (examples that no
+    run of the audit held out, NaN, are left out of both)."""
+    ok = np.isfinite(ours)
+    truth, ours, theirs = truth[ok], ours[ok], theirs[ok]
     print(f"AP audit {average_precision_score(truth, 1 - ours):.4f}, cleanlab CV {average_precision_score(truth, 1 - theirs):.4f}")
     for t in (0.01, 0.05, 0.1):
         keep = ~((~truth) & (ours < t) & (theirs < t))
