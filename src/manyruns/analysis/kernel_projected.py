@@ -72,7 +72,7 @@ def standardized(source: LogitSource, split: str, options: KernelOptions, block_
     r0 = 0
     for x in blocks:
         b = x.shape[0]
-        Z[:, r0 : r0 + b] = ((x - mean) * inv).permute(2, 0, 1)
+        Z[:, r0 : r0 + b] = x.sub_(mean).mul_(inv).permute(2, 0, 1)  # in place: fresh temporaries cost their pages
         r0 += b
     blocks.clear()
     Z = Z.view(N, R * Cp)
