@@ -216,6 +216,7 @@ def test_shared_seed_varies_only_the_subset(tmp_path):
 
     shared, base = recipe("shared_seed = true", runs=6), recipe(runs=6)
     assert len({p.seed for p in plan_runs(shared)}) == 1 and len({p.seed for p in plan_runs(base)}) == 6
+
     def drawn(s):  # what the engine draws from a run's seeds
         return s.init, s.dropout, tuple(s.order.generate_state(2)), tuple(s.augment.generate_state(2))
 

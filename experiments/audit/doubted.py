@@ -18,16 +18,20 @@ setting and seed (``TAG``, e.g. ``mnist-sym-0.2-s0``):
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import average_precision_score
 
 import manyruns
-from manyruns.analysis.audit import AuditOptions, audit, out_of_sample
+from manyruns.analysis.audit import AuditOptions, audit
 from manyruns.analysis.kernel import PopulationLogits
 from manyruns.analysis.kernel_projected import projected_topk, standardized
 from manyruns.data import load_dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_audit_vs_cleanlab import truth_of  # noqa: E402
 
 
 def doubted(truth: np.ndarray, ours: np.ndarray, theirs: np.ndarray) -> None:
@@ -49,12 +53,13 @@ def neighbour_agreement(pop, runs: np.ndarray, labels: np.ndarray, truth: np.nda
     Z, classes = standardized(PopulationLogits(pop, runs, ("train",)), "train", options, class_gap=options.class_gap)
     nb = projected_topk(Z, None, 50, options.dims, max(options.candidates, 50), groups=(classes[:, 0], classes))
     values = np.clip(nb.values.astype(np.float64), 0, None)
+    ok = np.isfinite(quality)  # examples no run of the audit held out have no score
     for k in (5, 10, 25, 50):
         agree = (labels[nb.indices[:, :k]] == labels[:, None]).astype(np.float64)
         for name, w in (("uniform", np.ones_like(values[:, :k])), ("kernel", values[:, :k])):
             q = (agree * w).sum(1) / np.maximum(w.sum(1), 1e-12)
-            mixed = "  ".join(f"mixed {lam}: {average_precision_score(truth, 1 - ((1 - lam) * quality + lam * q)):.4f}" for lam in (0.25, 0.5, 0.75))
-            print(f"  k={k} {name}: alone {average_precision_score(truth, 1 - q):.4f}  {mixed}")
+            mixed = "  ".join(f"mixed {lam}: {average_precision_score(truth[ok], 1 - ((1 - lam) * quality + lam * q)[ok]):.4f}" for lam in (0.25, 0.5, 0.75))
+            print(f"  k={k} {name}: alone {average_precision_score(truth[ok], 1 - q[ok]):.4f}  {mixed}")
 
 
 def main() -> None:
@@ -69,9 +74,8 @@ def main() -> None:
     pop, cv = manyruns.open(a.work / f"{a.tag}-pop"), manyruns.open(a.work / f"{a.tag}-cv")
     runs = pop.select("ok")[: a.runs]
     result = audit(pop, runs=runs, kernel=False, heldout_stats=False)
-    labels = result.labels
-    truth = labels != ds.y_train
-    held = out_of_sample(cv, np.arange(5)).probs[np.arange(labels.size), labels]
+    oos, labels, truth = truth_of(cv, ds)  # cleanlab's arm: the first 5 fold runs' probabilities
+    held = oos.probs[np.arange(labels.size), labels]
     print(f"{a.tag}, {runs.size} halves against 5 folds")
     doubted(truth, result.self_confidence, held)
     if a.knn:

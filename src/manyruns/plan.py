@@ -56,8 +56,7 @@ def plan_runs(recipe: Recipe, start: int = 0, stop: int | None = None) -> list[R
             key: sample_sweep(spec, generator(run_stream(seed, r, Purpose.SWEEP, key_of(key))))
             for key, spec in sorted(recipe.population.sweep.items())
         }
-        shown = run_seed(seed, 0 if recipe.population.shared_seed else r)
-        plans.append(RunPlan(r, shown, c, subset, noise, inputs, sweep))
+        plans.append(RunPlan(r, run_seed(seed, seed_run(recipe, r)), c, subset, noise, inputs, sweep))
     return plans
 
 
@@ -131,9 +130,15 @@ class RunSeeds:
     augment: np.random.SeedSequence
 
 
+def seed_run(recipe: Recipe, index: int) -> int:
+    """The run whose seed streams run ``index`` draws from: itself, or run 0 with
+    ``population.shared_seed``."""
+    return 0 if recipe.population.shared_seed else index
+
+
 def run_seeds(recipe: Recipe, index: int) -> RunSeeds:
     seed = recipe.population.seed
-    index = 0 if recipe.population.shared_seed else index
+    index = seed_run(recipe, index)
     return RunSeeds(
         init=torch_seed(run_stream(seed, index, Purpose.INIT)),
         dropout=torch_seed(run_stream(seed, index, Purpose.DROPOUT)),

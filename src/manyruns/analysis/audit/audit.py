@@ -40,6 +40,7 @@ import pandas as pd
 
 from ...errors import InputError, OptionError, check_choice, check_number
 from ...population import Population
+from ...streaming import run_blocks
 from ..contract import Result, describe_values, options_of
 from ..kernel import KernelOptions
 from ..neighbours import NeighbourOptions, stored_or_computed
@@ -425,7 +426,8 @@ def _read_once(pop: Population, runs: np.ndarray, options: AuditOptions) -> Popu
     if options.heldout_stats and "correct/train" not in view.arrays and {"logits/train", "labels/train"} <= set(view.arrays):
         from ..heldout.values import values_from_logits
 
-        view.derive("correct/train", values_from_logits(view.read("logits/train", runs), view.read("labels/train", runs), "correct"))
+        blocks = run_blocks(runs, options.block_size)
+        view.derive("correct/train", np.concatenate([values_from_logits(view.read("logits/train", b), view.read("labels/train", b), "correct") for b in blocks]))
     return view
 
 
