@@ -225,3 +225,41 @@ def test_initial_metrics_and_features_match_an_independent_forward_pass(digits):
     np.testing.assert_allclose(first.features_test.astype(np.float32), expected, rtol=1e-2, atol=1e-2)
     np.testing.assert_allclose(first.logits_test.astype(np.float32), expected_logits, rtol=1e-2, atol=1e-2)
     assert second.features_train is None  # only the first `features` runs keep them
+
+
+def test_dataset_batches_follow_their_definition(digits):
+    """``training.batches = "dataset"``: each epoch one shuffle of the whole training set is cut
+    into batches of batch_size / subset examples, and a run steps on its members of each batch,
+    their summed loss over batch_size. Checked against that loop written out in plain PyTorch,
+    so nothing of the examples a run leaves out reaches it; runs sharing a seed take the same
+    batches, and on one subset they train alike."""
+    from manyruns.recipe import RecipeError
+    from manyruns.seeding import generator
+
+    recipe = recipe_with(training={"batches": "dataset", "batch_size": 40}, population={"shared_seed": True, "subset": 0.5})
+    data = prepare(digits, recipe, "none", torch.device("cpu"))
+    jobs = jobs_for(recipe, digits, [0, 1])
+    records = train_group(recipe, jobs, data, "cpu", "stacked")
+    n_train = digits.n_train
+    step_size = round(40 * n_train / int(jobs[0].mask.sum()))
+    for job, rec in zip(jobs, records):
+        net = create_model(recipe.model, data.input_shape, 10, job.seeds.init)
+        opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+        order_rng = generator(job.seeds.order)
+        y = torch.from_numpy(job.labels)
+        for _ in range(2):
+            perm = order_rng.permutation(n_train)
+            for start in range(0, n_train, step_size):
+                chunk = perm[start : start + step_size]
+                members = torch.from_numpy(chunk[job.mask[chunk]])
+                loss = torch.nn.functional.cross_entropy(net(data.x_train[members]), y[members], reduction="sum") / 40
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        flat = torch.cat([p.detach().flatten() for p in net.parameters()]).numpy()
+        np.testing.assert_allclose(rec.weights[2], flat, rtol=1e-4, atol=1e-5)
+    assert not np.array_equal(jobs[0].mask, jobs[1].mask) and np.array_equal(records[0].weights[0], records[1].weights[0])
+    # members only in the training metrics and the true-class probabilities
+    assert np.isnan(records[0].true_prob[:, ~jobs[0].mask]).all() and np.isfinite(records[0].true_prob[:, jobs[0].mask]).all()
+    with pytest.raises(RecipeError, match="training.batches"):
+        recipe_with(model={"kind": "resnet"}, training={"batches": "dataset"})

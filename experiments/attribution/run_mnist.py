@@ -13,7 +13,10 @@ under ``runs/attribution/<model>/``:
   TracIn's ensemble, as in dattri);
 * ``fit-shared`` (``train --shared-runs N``): ``fit``'s subsets with one seed shared by every
   run (``population.shared_seed``), so the datamodels fitted on it (``ridge_shared``,
-  ``ridge_near_shared``) see the subsets' effect without each seed's own.
+  ``ridge_near_shared``) see the subsets' effect without each seed's own;
+* ``fit-fixed`` (``train --fixed-runs N``): the same, and batches cut from one shuffle of the
+  whole training set (``training.batches = "dataset"``), so runs differ only by the examples
+  they leave out (``ridge_fixed``, ``ridge_near_fixed``).
 
 The target is dattri's: the negated test loss (``neg_loss``). Methods: manyruns' difference of
 means and ridge datamodels and the ensemble kernel (raw, and signed by label agreement) at each
@@ -28,6 +31,7 @@ datamodels choose their penalty on held-out fit runs only.
 
     python experiments/attribution/run_mnist.py train lr --fit-runs 3000
     python experiments/attribution/run_mnist.py train mlp --shared-runs 1000   # and the fit-shared store
+    python experiments/attribution/run_mnist.py train mlp --fixed-runs 1000 --stores fit-fixed
     python experiments/attribution/run_mnist.py score lr
     python experiments/attribution/run_mnist.py evaluate lr
     python experiments/attribution/run_mnist.py spread lr          # one-model methods on each of 10 models
@@ -68,7 +72,13 @@ STORES = {
     "full": {"population.seed": 3, "population.subset": 1.0, "population.runs": 10},
     # fit's subsets, every run with run 0's seed: the datamodels' outputs without the seed's own noise
     "fit-shared": {"population.seed": 0, "population.subset": 0.5, "population.shared_seed": True, "record.logits": ["train", "test"]},
+    # and batches cut from one shuffle of all 5,000: runs differ only by the examples they leave out
+    "fit-fixed": {
+        "population.seed": 0, "population.subset": 0.5, "population.shared_seed": True, "training.batches": "dataset",
+        "record.logits": ["train", "test"],
+    },
 }
+VARIANTS = {"fit-shared": "shared", "fit-fixed": "fixed"}  # fit stores beside fit: store -> suffix of their methods
 # dattri's published MNIST LDS (its paper's benchmark figure, read off the bars to about 0.01).
 PUBLISHED = {
     "lr": {"if-explicit": 0.80, "if-cg": 0.80, "tracin": 0.33, "grad-dot": 0.33, "trak-1": 0.415, "trak-10": 0.645, "trak-50": 0.68},
@@ -104,12 +114,14 @@ def store_recipe(model: str, kind: str, fit_runs: int) -> Recipe:
 # ----------------------------------------------------------------------------------- train
 
 
-def train(model: str, fit_runs: int, workers: int, shared_runs: int = 0) -> None:
+def train(model: str, fit_runs: int, workers: int, variant_runs: dict[str, int], stores: list[str] | None = None) -> None:
     times_path = ROOT / model / "train_times.json"
     times = read_json(times_path)
-    for kind in ("eval", "full", "half", "fit") + (("fit-shared",) if shared_runs else ()):
+    for kind in ("eval", "full", "half", "fit", *[k for k, runs in variant_runs.items() if runs]):
+        if stores and kind not in stores:
+            continue
         path = ROOT / model / kind
-        pop = manyruns.plan(store_recipe(model, kind, shared_runs if kind == "fit-shared" else fit_runs), path)
+        pop = manyruns.plan(store_recipe(model, kind, variant_runs.get(kind, fit_runs)), path)
         todo = int((~pop.committed).sum())
         if not todo:
             continue
@@ -276,9 +288,10 @@ def score(model: str, only: list[str] | None) -> None:
     folder = ROOT / model / "scores"
     folder.mkdir(parents=True, exist_ok=True)
     times_path = ROOT / model / "score_times.json"
-    fit = manyruns.open(ROOT / model / "fit")
-    n_fit = int(fit.committed.sum())
-    labels_train, labels_test = fit.targets("train"), fit.targets("test")
+    fit = manyruns.open(ROOT / model / "fit") if (ROOT / model / "fit").exists() else None  # a variant may be scored alone
+    n_fit = int(fit.committed.sum()) if fit is not None else 0
+    labelled = fit if fit is not None else manyruns.open(ROOT / model / "eval")
+    labels_train, labels_test = labelled.targets("train"), labelled.targets("test")
     same = (labels_test[:, None] == labels_train[None, :]).astype(np.float32) * 2 - 1
 
     def save(name: str, make) -> None:
@@ -309,11 +322,13 @@ def score(model: str, only: list[str] | None) -> None:
         save(f"kernel-{R}", kernel)
         if (folder / f"kernel-{R}.npy").exists():
             save(f"kernel_signed-{R}", lambda: np.load(folder / f"kernel-{R}.npy") * same)
-    if (ROOT / model / "fit-shared").exists():  # ridge on the shared-seed runs, beside ridge on fit's
-        shared = manyruns.open(ROOT / model / "fit-shared")
-        for R in [R for R in SETTINGS[model]["fit_steps"] if R <= int(shared.committed.sum())]:
-            save(f"ridge_shared-{R}", lambda: datamodels(shared, runs=f"0-{R - 1}", output=OUTPUT, estimator="ridge").scores)
-            save(f"ridge_near_shared-{R}", lambda: datamodels(shared, runs=f"0-{R - 1}", output=OUTPUT, estimator="ridge", neighbours=NEIGHBOURS).scores)
+    for store, suffix in VARIANTS.items():  # ridge on the variant fit stores, beside ridge on fit's
+        if not (ROOT / model / store).exists():
+            continue
+        other = manyruns.open(ROOT / model / store)
+        for R in [R for R in SETTINGS[model]["fit_steps"] if R <= int(other.committed.sum())]:
+            save(f"ridge_{suffix}-{R}", lambda: datamodels(other, runs=f"0-{R - 1}", output=OUTPUT, estimator="ridge").scores)
+            save(f"ridge_near_{suffix}-{R}", lambda: datamodels(other, runs=f"0-{R - 1}", output=OUTPUT, estimator="ridge", neighbours=NEIGHBOURS).scores)
     for method in ("tracin", "grad-dot", "trak-1", "trak-10", "trak-50"):
         save(method, lambda: dattri_scores(model, method))
     for k in (1, 10, 50):  # the same TRAK by MadryLab's traker
@@ -413,8 +428,9 @@ def models_of(method: str) -> tuple[str, str, int]:
     family, _, count = method.rpartition("-")
     if family in ("diffmeans", "ridge", "ridge_near", "kernel", "kernel_signed"):
         return family, "fit", int(count)
-    if family in ("ridge_shared", "ridge_near_shared"):
-        return family, "fit-shared", int(count)
+    for store, suffix in VARIANTS.items():
+        if family in (f"ridge_{suffix}", f"ridge_near_{suffix}"):
+            return family, store, int(count)
     if family in ("trak", "traker"):
         return method, "half", int(count)
     return method, "full", 10 if method == "tracin" else 1
@@ -469,13 +485,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("model", nargs="?", choices=list(SETTINGS))
     ap.add_argument("--fit-runs", type=int, default=None, help="runs in the fit store (default: the largest step)")
     ap.add_argument("--shared-runs", type=int, default=0, help="train: also a fit store of this many runs sharing one seed")
+    ap.add_argument("--fixed-runs", type=int, default=0, help="train: also a fit store of this many runs sharing one seed and the batches of the whole set")
+    ap.add_argument("--stores", nargs="*", help="train: only these stores (eval, full, half, fit, fit-shared, fit-fixed)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--only", nargs="*", help="score only the methods whose names start so")
     a = ap.parse_args(argv)
     if a.stage != "summary" and a.model is None:
         ap.error("give the model (lr or mlp)")
     if a.stage == "train":
-        train(a.model, a.fit_runs or SETTINGS[a.model]["fit_steps"][-1], a.workers, a.shared_runs)
+        variants = {"fit-shared": a.shared_runs, "fit-fixed": a.fixed_runs}
+        train(a.model, a.fit_runs or SETTINGS[a.model]["fit_steps"][-1], a.workers, variants, a.stores)
     elif a.stage == "score":
         score(a.model, a.only)
     elif a.stage == "evaluate":

@@ -207,6 +207,12 @@ class TrainingSection(_Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     precision: Literal["float32", "bfloat16"] = "float32"
     """bfloat16: matrix products in bfloat16 with float32 master weights (MLP on CPU)."""
+    batches: Literal["subset", "dataset"] = "subset"
+    """subset: each epoch a run shuffles its own examples into batches of ``batch_size``.
+    dataset: each epoch a run shuffles the whole training set into batches of ``batch_size /
+    subset`` examples and trains on the members of its subset in each, their loss summed and
+    divided by ``batch_size``; runs sharing a seed then take the same steps on the same batches
+    less the examples they leave out."""
 
 
 # ------------------------------------------------------------------------- population
@@ -415,6 +421,11 @@ class Recipe(_Section):
         for m in self.schedule.milestones:
             if m > self.training.epochs:
                 raise FieldError("schedule.milestones", f"has epoch {m} > training.epochs = {self.training.epochs}")
+        if self.training.batches == "dataset" and self.model.kind in ("resnet", "wrn", "fast-cnn"):
+            raise FieldError(
+                "training.batches",
+                f"'dataset' needs a model without batch norm, got {self.model.kind} (the batch statistics would see the examples a run leaves out)",
+            )
         return self
 
     # -- construction -------------------------------------------------------------------

@@ -147,7 +147,13 @@ def train_group(
     # the stacked bfloat16 form gathers batches straight from a bfloat16 copy of the inputs
     low = recipe.training.precision == "bfloat16" and strategy == "stacked"
     x_source = data.train_inputs(torch.bfloat16 if low else torch.float32)
-    steps_per_epoch = math.ceil(n / B)
+    # batches cut from a shuffle of the run's subset (span n, B examples), or of the whole
+    # training set (span N, B N / n examples) keeping the subset's members in each
+    N = labels.shape[1]
+    by_dataset = recipe.training.batches == "dataset"
+    member = torch.stack([torch.from_numpy(r.mask) for r in runs]).to(device) if by_dataset else None  # (G, N)
+    span, Bs = (N, max(1, round(B * N / n))) if by_dataset else (n, B)
+    steps_per_epoch = math.ceil(span / Bs)
 
     metrics = torch.full((G, E + 1, len(METRIC_COLUMNS)), float("nan"))  # row e: after epoch e
     weights = {0: pop.flat_weights().cpu()} if 0 in record.weights else {}
@@ -168,21 +174,24 @@ def train_group(
         evaluate(0)
 
     for epoch in range(1, E + 1):
-        order = torch.stack([subsets[g][torch.from_numpy(rng.permutation(n)).to(device)] for g, rng in enumerate(order_rngs)])
-        flips = torch.stack([torch.from_numpy(rng.random(n) < 0.5) for rng in augment_rngs]).to(device) if flip else None
-        offsets = torch.stack([torch.from_numpy(rng.integers(0, 2 * pad + 1, (n, 2))) for rng in augment_rngs]).to(device) if pad else None
+        if by_dataset:
+            order = torch.stack([torch.from_numpy(rng.permutation(N)) for rng in order_rngs]).to(device)
+        else:
+            order = torch.stack([subsets[g][torch.from_numpy(rng.permutation(n)).to(device)] for g, rng in enumerate(order_rngs)])
+        flips = torch.stack([torch.from_numpy(rng.random(span) < 0.5) for rng in augment_rngs]).to(device) if flip else None
+        offsets = torch.stack([torch.from_numpy(rng.integers(0, 2 * pad + 1, (span, 2))) for rng in augment_rngs]).to(device) if pad else None
         loss_sum = torch.zeros(G, dtype=torch.float64, device=device)
         correct = torch.zeros(G, dtype=torch.float64, device=device)
         pop.train()
-        for start in range(0, n, B):
-            idx = order[:, start : start + B]  # (G, b)
+        for start in range(0, span, Bs):
+            idx = order[:, start : start + Bs]  # (G, b)
             b = idx.shape[1]
             x = x_source[idx]  # (G, b, C, H, W)
             if flip or pad:
                 x = augment(
                     x.flatten(0, 1),
-                    flips[:, start : start + B].flatten() if flip else None,
-                    offsets[:, start : start + B].flatten(0, 1) if pad else None,
+                    flips[:, start : start + Bs].flatten() if flip else None,
+                    offsets[:, start : start + Bs].flatten(0, 1) if pad else None,
                     pad,
                 ).view(x.shape)
             y = labels.gather(1, idx)
@@ -192,17 +201,23 @@ def train_group(
             with autocast:
                 out = pop(x).float()  # (G, b, C)
             ce = F.cross_entropy(out.reshape(G * b, C), y.reshape(-1), reduction="none", label_smoothing=recipe.training.label_smoothing).view(G, b)
+            kept = member.gather(1, idx) if by_dataset else None  # (G, b) bool: in the run's subset
             opt.zero_grad(set_to_none=True)
-            ce.mean(1).sum().backward()
+            (ce.mean(1) if kept is None else torch.where(kept, ce, 0.0).sum(1) / B).sum().backward()
             opt.step()
             step += 1
             with torch.no_grad():
-                correct += (out.argmax(-1) == y).sum(1)
+                hit = out.argmax(-1) == y
                 if recipe.training.label_smoothing:
                     ce = F.cross_entropy(out.reshape(G * b, C), y.reshape(-1), reduction="none").view(G, b)
+                if kept is not None:
+                    hit, ce = hit & kept, torch.where(kept, ce, 0.0)
+                correct += hit.sum(1)
                 loss_sum += ce.sum(1)
                 if true_prob is not None:
                     p = out.softmax(-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
+                    if kept is not None:  # each example comes once an epoch; only members are trained on
+                        p = torch.where(kept, p, torch.nan)
                     true_prob[:, epoch - 1].scatter_(1, idx, p.half())
 
         if record.metrics or on_epoch is not None:

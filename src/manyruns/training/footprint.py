@@ -1,7 +1,9 @@
 """Will a group's training fit the device? An estimate made before any run is claimed.
 
 One worker holds the dataset and ``G`` networks (the group), and trains them on batches of
-``b = min(training.batch_size, n_train)`` examples. Its peak memory is estimated as::
+``b = min(training.batch_size, n_train)`` examples (with ``training.batches = "dataset"``,
+``batch_size`` divided by the smallest subset ratio: batches of the whole training set). Its
+peak memory is estimated as::
 
     bytes = R + data + G * P * w * (2 + s) + G * max(b * (A + M), 2 * EVAL_BATCH * M)
 
@@ -95,7 +97,12 @@ def estimate_bytes(recipe: Recipe, layout: dict, group_size: int, strategy: str,
     if not device_is_gpu:
         data *= 2
     A, M, P = activation_bytes(recipe, shape, layout["num_classes"])
-    b = min(recipe.training.batch_size, layout["n_train"])
+    b = recipe.training.batch_size
+    if recipe.training.batches == "dataset":  # batches cut from the whole training set
+        folds = recipe.population.folds
+        smallest = (folds - 1) / folds if folds else min(recipe.population.subset_levels)
+        b = math.ceil(b / smallest)
+    b = min(b, layout["n_train"])
     weights = P * 4 * (2 + _optimizer_states(recipe))
     return int(RUNTIME + data + group_size * (weights + max(b * (A + M), 2 * EVAL_BATCH * M)))
 
