@@ -1,8 +1,9 @@
 """Data attribution on MNIST in the settings of dattri's benchmark, judged by the LDS.
 
 Logistic regression and an MLP on the first 5,000 training and 500 test images of MNIST
-(recipes ``mnist-lr.toml`` and ``mnist-mlp.toml`` beside this file). Per model, four stores
-under ``runs/attribution/<model>/``:
+(recipes ``mnist-lr.toml`` and ``mnist-mlp.toml`` beside this file), and ``mlp-1k``, the MLP on
+the first 1,000 training images only (where 2,000 fit runs outnumber the examples). Per model,
+four stores under ``runs/attribution/<model>/``:
 
 * ``fit``:  runs on random 50% subsets, one seed each, the population datamodels and the kernel
   are fitted on (their first 100, 300, 1,000, ... runs);
@@ -32,6 +33,8 @@ datamodels choose their penalty on held-out fit runs only.
     python experiments/attribution/run_mnist.py train lr --fit-runs 3000
     python experiments/attribution/run_mnist.py train mlp --shared-runs 1000   # and the fit-shared store
     python experiments/attribution/run_mnist.py train mlp --fixed-runs 1000 --stores fit-fixed
+    python experiments/attribution/run_mnist.py train mlp-1k --stores eval half fit fit-fixed --fit-runs 2000 --fixed-runs 2000
+    python experiments/attribution/run_mnist.py score mlp-1k --only ridge diffmeans kernel traker
     python experiments/attribution/run_mnist.py score lr
     python experiments/attribution/run_mnist.py evaluate lr
     python experiments/attribution/run_mnist.py spread lr          # one-model methods on each of 10 models
@@ -64,6 +67,8 @@ NEIGHBOURS = (25, 50, 100, 200, 400, 800)  # ridge_near: kernel neighbours tried
 SETTINGS = {
     "lr": {"recipe": "mnist-lr.toml", "fit_steps": [100, 300, 1000, 3000], "group_size": 100},
     "mlp": {"recipe": "mnist-mlp.toml", "fit_steps": [100, 300, 1000, 2000, 3000], "group_size": 16},
+    # the MLP on the first 1,000 training images only: where 2,000 runs outnumber the examples
+    "mlp-1k": {"recipe": "mnist-mlp.toml", "overrides": {"data.train_examples": 1000}, "fit_steps": [100, 300, 1000, 2000], "group_size": 16},
 }
 STORES = {
     "fit": {"population.seed": 0, "population.subset": 0.5, "record.logits": ["train", "test"]},
@@ -102,7 +107,7 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def store_recipe(model: str, kind: str, fit_runs: int) -> Recipe:
-    base = Recipe.load(HERE / SETTINGS[model]["recipe"])
+    base = Recipe.load(HERE / SETTINGS[model]["recipe"]).with_overrides(SETTINGS[model].get("overrides", {}))
     overrides = dict(STORES[kind])
     if kind.startswith("fit"):
         overrides["population.runs"] = fit_runs
@@ -237,6 +242,9 @@ def dattri_scores(model: str, method: str, grid_value=None, first: int = 0) -> n
         k = 10 if method == "tracin" else 1
         task = AttributionTask(model=net, loss_func=loss_one, checkpoints=ckpts[:k])
         attributor = TracInAttributor(task=task, weight_list=torch.ones(k) * 1e-3, normalized_grad=False, device="cpu")
+        # dattri 0.3 projects the gradients to 512 dimensions by default (a random sketch);
+        # its published benchmark took exact gradient products, as here
+        attributor.projector_kwargs = None
         with torch.no_grad():
             score = attributor.attribute(train_loader, test_loader)
     elif method.startswith("trak-"):
@@ -409,13 +417,12 @@ def spread(model: str) -> None:
             log(f"{model}: {key}: LDS {out[key]['lds']:.3f}, one seed {one:.3f}")
 
 
-def spread_line(model: str) -> str | None:
-    out = read_json(ROOT / model / "spread.json")
+def spread_line(model: str, out: dict) -> str | None:
     parts = []
     for method in ("grad-dot", "trak-1"):
         v = np.array([r["lds_one_seed"] for k, r in out.items() if k.split("#")[0] == method])
         if v.size:
-            parts.append(f"{method} {v.min():.3f} to {v.max():.3f} (mean {v.mean():.3f}, published {PUBLISHED[model].get(method, float('nan')):.2f})")
+            parts.append(f"{method} {v.min():.3f} to {v.max():.3f} (mean {v.mean():.3f}, published {PUBLISHED.get(model, {}).get(method, float('nan')):.2f})")
     return "Each of 10 models alone (LDS, 1 seed): " + "; ".join(parts) + "." if parts else None
 
 
@@ -437,15 +444,19 @@ def models_of(method: str) -> tuple[str, str, int]:
 
 
 def summary() -> None:
-    out = {}
+    """Tables of every scored method. Rows of the results already in ``docs/attribution``
+    that this checkout's stores did not score again are kept (with their training times):
+    stores are working files, the summary is the record."""
+    out, before = {}, read_json(DOCS / "results.json")
     lines = ["# Attribution on MNIST (dattri's settings): LDS of each method", ""]
     for model in SETTINGS:
         res = read_json(ROOT / model / "lds.json")
-        if not res:
+        earlier = before.get(model, {"rows": [], "train_seconds_per_run": {}})
+        if not res and not earlier["rows"]:
             continue
         train_t = read_json(ROOT / model / "train_times.json")
         score_t = read_json(ROOT / model / "score_times.json")
-        per_run = {k: v["seconds_per_run"] for k, v in train_t.items()}
+        per_run = {**earlier["train_seconds_per_run"], **{k: v["seconds_per_run"] for k, v in train_t.items()}}
         best = {}  # influence functions: the best regularization of the grid
         for name, r in res.items():
             method = name.split("@")[0]
@@ -458,10 +469,12 @@ def summary() -> None:
                 continue
             label, store, models = models_of(method)
             rows.append({
-                "method": name if "@" in name else label, "models": models, **r, "published": PUBLISHED[model].get(method),
+                "method": name if "@" in name else label, "models": models, **r, "published": PUBLISHED.get(model, {}).get(method),
                 "score_seconds": score_t.get(name), "total_seconds": models * per_run.get(store, float("nan")) + score_t.get(name, 0.0),
             })
-        ceiling = next(iter(res.values()))["ceiling"]
+        scored = {(r["method"].split("@")[0], r["models"]) for r in rows}
+        rows += [r for r in earlier["rows"] if (r["method"].split("@")[0], r["models"]) not in scored]
+        ceiling = next(iter(res.values()))["ceiling"] if res else earlier["ceiling"]
         out[model] = {"rows": rows, "ceiling": ceiling, "train_seconds_per_run": per_run}
         lines += [f"## {model.upper()} (noise ceiling {ceiling:.3f})", "", "| method | models trained | LDS (5 seeds) | 95% CI | by dattri's metric | max diff | LDS (1 seed) | published (1 seed) | training + scoring (s) |", "|---|---|---|---|---|---|---|---|---|"]
         for r in sorted(rows, key=lambda r: (r["method"].split("@")[0], r["models"])):
@@ -469,9 +482,10 @@ def summary() -> None:
                 f"| {r['method']} | {r['models']} | {r['lds']:.3f} | [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] | {r['dattri_lds']:.3f} | "
                 f"{r['max_abs_difference']:.1e} | {r['lds_one_seed']:.3f} | {'' if r['published'] is None else format(r['published'], '.2f')} | {r['total_seconds']:.0f} |"
             )
-        line = spread_line(model)
+        spread_data = read_json(ROOT / model / "spread.json") or earlier.get("spread", {})
+        line = spread_line(model, spread_data)
         if line:
-            out[model]["spread"] = read_json(ROOT / model / "spread.json")
+            out[model]["spread"] = spread_data
             lines += ["", line]
         lines.append("")
     write_json(DOCS / "results.json", out)
