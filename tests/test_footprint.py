@@ -106,3 +106,16 @@ def test_train_refuses_a_batch_that_cannot_fit_before_claiming_anything(tmp_path
     status = json.loads(runner.invoke(app, ["status", str(store), "--json"]).stdout)
     assert status["committed"] == 0 and status["failed"] == 0 and status["running"] == 0
     assert not (store / "claims").exists() or not any((store / "claims").iterdir())
+
+
+def test_dataset_batches_are_estimated_at_their_size():
+    """With ``training.batches = "dataset"`` a step passes batch_size / subset examples: the
+    estimate is that of a recipe whose batches have that size."""
+    base = {"data": {"dataset": "mnist"}, "model": {"kind": "mlp", "widths": [256]}, "training": {"batch_size": 1024}, "population": {"subset": 0.25}}
+    layout = {"n_train": 60000, "n_test": 10000, "num_classes": 10, "input_shape": [1, 28, 28]}
+
+    def estimate(training):
+        data = {**base, "training": {**base["training"], **training}}
+        return estimate_bytes(Recipe.from_dict(data), layout, 8, "loop")
+
+    assert estimate({"batches": "dataset"}) == estimate({"batch_size": 4096}) > estimate({})
