@@ -2,8 +2,9 @@
 
 Read it top to bottom: build each run's network from its own init seed, wrap the group in a
 population form, then for every epoch draw each run's data order (and augmentation) from its
-own stream, gather batches by index from tensors already on the device, step, and keep what
-the recipe records. Everything a run computes touches only its own slice of the group.
+own stream, gather batches by index from tensors already on the device (batches of the run's
+subset, or of the whole training set with the run's members weighted in: ``training.batches``),
+step, and keep what the recipe records. Everything a run computes touches only its own slice of the group.
 """
 
 from __future__ import annotations
