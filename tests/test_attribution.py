@@ -11,7 +11,7 @@ from scipy.special import logsumexp
 from scipy.stats import spearmanr
 
 import manyruns
-from manyruns.analysis.attribution import LdsOptions, datamodels, fit_diffmeans, fit_neighbour_ridge, fit_ridge, lds_from_arrays, model_output
+from manyruns.analysis.attribution import LdsOptions, datamodels, fit_diffmeans, fit_lasso, fit_neighbour_ridge, fit_ridge, lds_from_arrays, model_output
 
 from .conftest import cli_here as run, tiny_recipe
 
@@ -115,6 +115,56 @@ def test_neighbours_that_never_vary_get_no_weight():
     assert (scores == 0).all() and np.allclose(intercept, outputs.mean(0))
 
 
+def _lasso_by_hand(X, y, fraction, sweeps=400):
+    """Coordinate descent written out: min 1/(2R)||y_c - X_c w||^2 + a alpha_max ||w||_1."""
+    R = len(y)
+    mx, my = X.mean(0), y.mean()
+    Xc, r = X - mx, y - my
+    alpha = fraction * np.abs(Xc.T @ r).max() / R
+    w = np.zeros(X.shape[1])
+    for _ in range(sweeps):
+        for j in range(X.shape[1]):
+            norm = Xc[:, j] @ Xc[:, j] / R
+            if norm == 0:
+                continue
+            r = r + Xc[:, j] * w[j]
+            rho = Xc[:, j] @ r / R
+            w[j] = np.sign(rho) * max(abs(rho) - alpha, 0.0) / norm
+            r = r - Xc[:, j] * w[j]
+    return w, my - mx @ w
+
+
+def test_lasso_equals_coordinate_descent_written_out():
+    masks, outputs, _ = _population(R=60, N=12, T=3)
+    masks[:, 5] = True  # never varies: no weight
+    fractions = (0.5, 0.2, 0.05, 0.01)
+    scores, intercept, chosen = fit_lasso(masks, outputs, None, fractions, 0.2)
+    X, n_fit = masks.astype(np.float64), 48
+    for z in range(3):
+        errors = []
+        for a in fractions:  # the held-out choice, redone
+            w, b = _lasso_by_hand(X[:n_fit], outputs[:n_fit, z], a)
+            errors.append(np.mean((outputs[n_fit:, z] - X[n_fit:] @ w - b) ** 2))
+        assert chosen[z] == fractions[int(np.argmin(errors))]
+        w, b = _lasso_by_hand(X, outputs[:, z], chosen[z])
+        np.testing.assert_allclose(scores[z], w, atol=1e-4)
+        assert intercept[z] == pytest.approx(b, abs=1e-4) and scores[z, 5] == 0
+    # sparse planted weights: found, and the rest left at exactly zero
+    rng = np.random.default_rng(1)
+    masks = rng.random((300, 60)) < 0.5
+    w = np.zeros(60)
+    w[[3, 17, 42]] = (2.0, -1.5, 1.0)
+    y = masks @ w + rng.normal(scale=0.3, size=300)
+    scores, _, _ = fit_lasso(masks, y[:, None], None, (0.3, 0.1, 0.05), 0.1)
+    assert set(np.argsort(-np.abs(scores[0]))[:3]) == {3, 17, 42} and (scores[0] == 0).sum() > 30
+    # candidate columns per test example: weights only there, equal to the fit on those columns
+    cols = np.array([[3, 17, 42, 0, 1]])
+    near, _, _ = fit_lasso(masks, y[:, None], cols, (0.1,), 0.1)
+    alone, _, _ = fit_lasso(masks[:, cols[0]], y[:, None], None, (0.1,), 0.1)
+    assert set(np.flatnonzero(near[0])) <= set(cols[0])
+    np.testing.assert_allclose(near[0, cols[0]], alone[0], atol=1e-6)
+
+
 def test_lds_equals_spearman_per_test_example_and_its_ceiling():
     rng = np.random.default_rng(1)
     N, T, m, seeds = 30, 8, 12, 4
@@ -201,6 +251,13 @@ def test_kernel_neighbour_datamodels_from_the_command_line(subsets, tmp_path):
         assert set(np.flatnonzero(saved["scores"][t])) <= set(order[t, :k])
     api = datamodels(pop, runs="0-39", output="neg_loss", neighbours=(5, 10, 20))
     np.testing.assert_allclose(saved["scores"], api.scores, rtol=1e-3, atol=1e-6)
+    lasso = tmp_path / "lasso.npz"
+    res = run("datamodels", str(subsets), "--fit-runs", "0-39", "--neighbours", "20", "--estimator", "lasso", "--output", "neg_loss", "--out", str(lasso))
+    assert res.returncode == 0, res.stderr
+    sparse = np.load(lasso)["scores"]
+    for t in range(sparse.shape[0]):  # L1 weights on the 20 neighbours only
+        assert set(np.flatnonzero(sparse[t])) <= set(order[t, :20])
+    np.testing.assert_allclose(sparse, datamodels(pop, runs="0-39", output="neg_loss", estimator="lasso", neighbours=(20,)).scores, atol=1e-6)
     assert run("lds", str(subsets), "--scores", str(dm), "--eval-runs", "40-59", "--output", "neg_loss").returncode == 0
     for args, flag in ((["--neighbours", "5", "--estimator", "diffmeans"], "--neighbours"), (["--neighbours", "0"], "--neighbours"),
                        (["--neighbours", "100000"], "--neighbours"), (["--neighbours", "a,b"], "--neighbours")):
@@ -220,7 +277,7 @@ def test_lds_refusals(subsets, tmp_path):
     assert bad.returncode == 2 and "--scores" in bad.stderr and "expected shape (n_test, n_train)" in bad.stderr
     one_seed = run("lds", str(subsets), "--scores", str(dm), "--eval-runs", "40,42,44,46,48,50", "--ceiling")
     assert one_seed.returncode == 2 and "--ceiling" in one_seed.stderr
-    assert run("datamodels", str(subsets), "--estimator", "lasso").returncode == 2
+    assert run("datamodels", str(subsets), "--estimator", "elasticnet").returncode == 2
     one = run("datamodels", str(subsets), "--fit-runs", "0-0")
     assert one.returncode == 2 and one.stderr.startswith("error: --fit-runs selects 1 run;"), one.stderr
     for extra in ([], ["--neighbours", "5"]):  # runs 0 and 1 are two seeds of one subset

@@ -20,9 +20,9 @@ def datamodels(
     store: str = typer.Argument(..., help="Population store: a folder or a URL."),
     fit_runs: str = typer.Option("ok", "--fit-runs", help="The runs the datamodels are fitted on (a run selection: ok, N, 0-1999, ...)."),
     output: str = typer.Option("margin", "--output", help=OUTPUT_HELP),
-    estimator: str = typer.Option("ridge", "--estimator", help="ridge (penalty chosen on held-out fit runs) or diffmeans (difference of means)."),
+    estimator: str = typer.Option("ridge", "--estimator", help="ridge (penalty chosen on held-out fit runs), lasso (L1 penalty chosen so) or diffmeans (difference of means)."),
     neighbours: Optional[str] = typer.Option(
-        None, "--neighbours", help="With ridge: fit each test example on its K nearest training examples by the kernel of the fit runs only, K out of these (e.g. 25,50,100,200,400) chosen per test example on held-out fit runs."),
+        None, "--neighbours", help="With ridge: fit each test example on its K nearest training examples by the kernel of the fit runs only, K out of these (e.g. 25,50,100,200,400) chosen per test example on held-out fit runs; with lasso: on the largest K given."),
     top: Optional[int] = typer.Option(None, "--top", help="Keep only the K largest scores per test example (indices and values)."),
     out: Optional[Path] = typer.Option(None, "--out", help=".npz with scores (N_test, N_train) float32, or with --top indices and values; and fit_runs, output, estimator (and neighbours chosen)."),
     as_json: bool = json_option(),

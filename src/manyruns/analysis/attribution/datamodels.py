@@ -19,6 +19,9 @@ outputs ``f_r (T,)`` (:mod:`.outputs`), the score of training example ``i`` for 
 * ``ridge`` with ``neighbours``: each test example's ridge on its ``k`` nearest training
   examples by the ensemble kernel of the same fit runs only, ``k`` chosen per test example with
   the penalty (:mod:`.neighbours`); far fewer weights for the same runs.
+* ``lasso``: per test example an L1-penalized fit, the penalty a fraction of the one that zeros
+  every weight, chosen on held-out fit runs (:mod:`.lasso`); with ``neighbours`` on the largest
+  number of kernel neighbours given.
 """
 
 from __future__ import annotations
@@ -32,23 +35,28 @@ from ...errors import InputError, OptionError, check_choice, check_number
 from ...population import Population
 from ...streaming import run_blocks
 from ..contract import Options, Result, options_of
+from .lasso import fit_lasso
 from .neighbours import fit_neighbour_ridge
 from .outputs import OUTPUTS, masks_and_outputs, model_output
 
-ESTIMATORS = ("ridge", "diffmeans")
+ESTIMATORS = ("ridge", "diffmeans", "lasso")
+RIDGE_ALPHAS = (1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)  # relative to the mean squared norm of a centered mask
+LASSO_ALPHAS = (0.5, 0.3, 0.2, 0.1, 0.05, 0.03, 0.02, 0.01)  # fractions of the penalty that zeros every weight
 
 
 @dataclass(frozen=True, kw_only=True)
 class DatamodelOptions(Options):
-    """``output``: margin, neg_loss or prob (:mod:`.outputs`); ``estimator``: ridge or
-    diffmeans; ``alphas``: the ridge penalties tried, relative to the mean squared norm of a
-    centered mask; ``holdout``: share of the fit runs that choose the penalty; ``neighbours``:
-    with ridge, the numbers of kernel neighbours tried per test example (empty: every training
-    example); ``block_size``: runs read at a time; ``runs``: the fit runs."""
+    """``output``: margin, neg_loss or prob (:mod:`.outputs`); ``estimator``: ridge, diffmeans
+    or lasso; ``alphas``: the penalties tried (default: ``RIDGE_ALPHAS``, relative to the mean
+    squared norm of a centered mask; for lasso ``LASSO_ALPHAS``, fractions in (0, 1] of the
+    penalty that zeros every weight); ``holdout``: share of the fit runs that choose the
+    penalty; ``neighbours``: with ridge, the numbers of kernel neighbours tried per test example,
+    with lasso the largest is used (empty: every training example); ``block_size``: runs read at
+    a time; ``runs``: the fit runs."""
 
     output: str = "margin"
     estimator: str = "ridge"
-    alphas: tuple[float, ...] = (1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)
+    alphas: tuple[float, ...] | None = None
     holdout: float = 0.1
     neighbours: tuple[int, ...] = ()
     block_size: int = 64
@@ -57,15 +65,19 @@ class DatamodelOptions(Options):
         super().validate()
         check_choice("output", self.output, OUTPUTS)
         check_choice("estimator", self.estimator, ESTIMATORS)
-        object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
+        lasso = self.estimator == "lasso"
+        default = LASSO_ALPHAS if lasso else RIDGE_ALPHAS
+        object.__setattr__(self, "alphas", tuple(float(a) for a in (default if self.alphas is None else self.alphas)))
+        if not self.alphas:
+            raise OptionError("alphas", "give at least one penalty")
         for a in self.alphas:
-            check_number("alphas", a, 0, low_open=True)
+            check_number("alphas", a, 0, 1 if lasso else None, low_open=True)
         check_number("holdout", self.holdout, 0, 0.5, low_open=True)
         object.__setattr__(self, "neighbours", tuple(self.neighbours))
         for k in self.neighbours:
             check_number("neighbours", k, 1, integer=True)
-        if self.neighbours and self.estimator != "ridge":
-            raise OptionError("neighbours", f"apply to the ridge estimator, not {self.estimator}")
+        if self.neighbours and self.estimator == "diffmeans":
+            raise OptionError("neighbours", "apply to the ridge and lasso estimators, not diffmeans")
         check_number("block_size", self.block_size, 1, integer=True)
 
 
@@ -217,13 +229,21 @@ def datamodels(pop: Population, options: DatamodelOptions | None = None, **field
 
         masks, outs = _varied(pop, runs, options)
         near = kernel_topk(PopulationLogits(pop, runs, ("train", "test")), max(options.neighbours), "test").indices
-        scores, intercept, sizes, alphas = fit_neighbour_ridge(masks, outs, near, options.neighbours, options.alphas, options.holdout)
+        if options.estimator == "lasso":
+            scores, intercept, alphas = fit_lasso(masks, outs, near, options.alphas, options.holdout)
+            sizes = np.full(alphas.size, near.shape[1])
+        else:
+            scores, intercept, sizes, alphas = fit_neighbour_ridge(masks, outs, near, options.neighbours, options.alphas, options.holdout)
         alpha, chosen = float(np.median(alphas)), {"neighbours": sizes, "alphas": alphas}
     elif options.estimator == "diffmeans":
         acc = DiffMeans(int(pop.layout["n_train"]), labels.size)
         for block in run_blocks(runs, options.block_size):
             acc.add(pop.read("mask/train", block).astype(bool), model_output(pop.read("logits/test", block), labels, options.output))
         scores, intercept = acc.finish()
+    elif options.estimator == "lasso":
+        masks, outs = _varied(pop, runs, options)
+        scores, intercept, alphas = fit_lasso(masks, outs, None, options.alphas, options.holdout)
+        alpha, chosen = float(np.median(alphas)), {"alphas": alphas}
     else:
         masks, outs = _varied(pop, runs, options)
         scores, intercept, alpha, validation = fit_ridge(masks.astype(np.float32), outs, options.alphas, options.holdout)
