@@ -21,8 +21,8 @@ four stores under ``runs/attribution/<model>/``:
 
 The target is dattri's: the negated test loss (``neg_loss``). Methods: manyruns' difference of
 means and ridge datamodels and the ensemble kernel (raw, and signed by label agreement) at each
-number of fit runs, and ridge on each test example's kernel neighbours (``ridge_near``, 25 to
-800 of them); through dattri (a benchmark-only extra): influence functions (explicit for
+number of fit runs, ridge on each test example's kernel neighbours (``ridge_near``, 25 to
+800 of them) and LASSO on 400 of them (``lasso_near``); through dattri (a benchmark-only extra): influence functions (explicit for
 logistic regression, conjugate gradients), TracIn (10 full models), Grad-Dot, TRAK-1/10/50
 (512 projection dimensions); and TRAK-1/10/50 again through MadryLab's ``traker`` (also a
 benchmark extra; ``--only traker-1 traker-10`` skips its 50 models). For influence functions the regularization is chosen on the LDS
@@ -63,6 +63,7 @@ ROOT = HERE.parents[1] / "runs" / "attribution"
 DOCS = HERE.parents[1] / "docs" / "attribution"
 OUTPUT = "neg_loss"  # dattri's MNIST target: the negated cross-entropy loss
 NEIGHBOURS = (25, 50, 100, 200, 400, 800)  # ridge_near: kernel neighbours tried per test example
+LASSO_NEIGHBOURS = 400  # lasso_near: LASSO on this many kernel neighbours per test example
 
 SETTINGS = {
     "lr": {"recipe": "mnist-lr.toml", "fit_steps": [100, 300, 1000, 3000], "group_size": 100},
@@ -321,6 +322,7 @@ def score(model: str, only: list[str] | None) -> None:
         save(f"diffmeans-{R}", lambda: datamodels(fit, runs=runs, output=OUTPUT, estimator="diffmeans").scores)
         save(f"ridge-{R}", lambda: datamodels(fit, runs=runs, output=OUTPUT, estimator="ridge").scores)
         save(f"ridge_near-{R}", lambda: datamodels(fit, runs=runs, output=OUTPUT, estimator="ridge", neighbours=NEIGHBOURS).scores)
+        save(f"lasso_near-{R}", lambda: datamodels(fit, runs=runs, output=OUTPUT, estimator="lasso", neighbours=(LASSO_NEIGHBOURS,)).scores)
 
         def kernel():
             from manyruns.analysis.kernel import KernelOptions, PopulationLogits, kernel_matrix
@@ -337,6 +339,7 @@ def score(model: str, only: list[str] | None) -> None:
         for R in [R for R in SETTINGS[model]["fit_steps"] if R <= int(other.committed.sum())]:
             save(f"ridge_{suffix}-{R}", lambda: datamodels(other, runs=f"0-{R - 1}", output=OUTPUT, estimator="ridge").scores)
             save(f"ridge_near_{suffix}-{R}", lambda: datamodels(other, runs=f"0-{R - 1}", output=OUTPUT, estimator="ridge", neighbours=NEIGHBOURS).scores)
+            save(f"lasso_near_{suffix}-{R}", lambda: datamodels(other, runs=f"0-{R - 1}", output=OUTPUT, estimator="lasso", neighbours=(LASSO_NEIGHBOURS,)).scores)
     for method in ("tracin", "grad-dot", "trak-1", "trak-10", "trak-50"):
         save(method, lambda: dattri_scores(model, method))
     for k in (1, 10, 50):  # the same TRAK by MadryLab's traker
@@ -433,10 +436,10 @@ def models_of(method: str) -> tuple[str, str, int]:
     """A method's row label, the store whose runs its scores come from, and how many of those
     runs it needed (``ridge-300``: ridge, fit, 300)."""
     family, _, count = method.rpartition("-")
-    if family in ("diffmeans", "ridge", "ridge_near", "kernel", "kernel_signed"):
+    if family in ("diffmeans", "ridge", "ridge_near", "lasso_near", "kernel", "kernel_signed"):
         return family, "fit", int(count)
     for store, suffix in VARIANTS.items():
-        if family in (f"ridge_{suffix}", f"ridge_near_{suffix}"):
+        if family in (f"ridge_{suffix}", f"ridge_near_{suffix}", f"lasso_near_{suffix}"):
             return family, store, int(count)
     if family in ("trak", "traker"):
         return method, "half", int(count)

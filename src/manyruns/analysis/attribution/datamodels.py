@@ -41,7 +41,7 @@ from .outputs import OUTPUTS, masks_and_outputs, model_output
 
 ESTIMATORS = ("ridge", "diffmeans", "lasso")
 RIDGE_ALPHAS = (1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)  # relative to the mean squared norm of a centered mask
-LASSO_ALPHAS = (0.5, 0.3, 0.2, 0.1, 0.05, 0.03, 0.02, 0.01)  # fractions of the penalty that zeros every weight
+LASSO_ALPHAS = (0.8, 0.65, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.02)  # fractions of the penalty that zeros every weight
 
 
 @dataclass(frozen=True, kw_only=True)
