@@ -234,7 +234,7 @@ def test_datamodels_and_lds_from_the_command_line(subsets, tmp_path):
     assert kern.returncode == 0, kern.stderr and np.isfinite(json.loads(kern.stdout)["lds"])
 
 
-def test_kernel_neighbour_datamodels_from_the_command_line(subsets, tmp_path):
+def test_kernel_neighbour_datamodels_from_the_command_line(subsets, tmp_path, monkeypatch):
     from manyruns.analysis.kernel import KernelOptions, PopulationLogits, kernel_matrix
 
     pop = manyruns.open(subsets)
@@ -258,6 +258,15 @@ def test_kernel_neighbour_datamodels_from_the_command_line(subsets, tmp_path):
     for t in range(sparse.shape[0]):  # L1 weights on the 20 neighbours only
         assert set(np.flatnonzero(sparse[t])) <= set(order[t, :20])
     np.testing.assert_allclose(sparse, datamodels(pop, runs="0-39", output="neg_loss", estimator="lasso", neighbours=(20,)).scores, atol=1e-6)
+    import importlib
+
+    from manyruns.errors import OptionError
+
+    module = importlib.import_module("manyruns.analysis.attribution.datamodels")  # the module, not the function of that name
+
+    monkeypatch.setattr(module, "MAX_COLUMNS", 20)  # above it, all training examples would need too large a Gram matrix
+    with pytest.raises(OptionError, match="neighbours"):
+        datamodels(pop, runs="0-39", estimator="lasso")
     assert run("lds", str(subsets), "--scores", str(dm), "--eval-runs", "40-59", "--output", "neg_loss").returncode == 0
     for args, flag in ((["--neighbours", "5", "--estimator", "diffmeans"], "--neighbours"), (["--neighbours", "0"], "--neighbours"),
                        (["--neighbours", "100000"], "--neighbours"), (["--neighbours", "a,b"], "--neighbours")):

@@ -35,7 +35,7 @@ from ...errors import InputError, OptionError, check_choice, check_number
 from ...population import Population
 from ...streaming import run_blocks
 from ..contract import Options, Result, options_of
-from .lasso import fit_lasso
+from .lasso import MAX_COLUMNS, fit_lasso
 from .neighbours import fit_neighbour_ridge
 from .outputs import OUTPUTS, masks_and_outputs, model_output
 
@@ -241,6 +241,9 @@ def datamodels(pop: Population, options: DatamodelOptions | None = None, **field
             acc.add(pop.read("mask/train", block).astype(bool), model_output(pop.read("logits/test", block), labels, options.output))
         scores, intercept = acc.finish()
     elif options.estimator == "lasso":
+        n_train = int(pop.layout["n_train"])
+        if n_train > MAX_COLUMNS:
+            raise OptionError("neighbours", f"are needed for lasso on {n_train:,} training examples (all of them would take a Gram matrix of {8 * n_train**2 / 1e9:.0f} GB)")
         masks, outs = _varied(pop, runs, options)
         scores, intercept, alphas = fit_lasso(masks, outs, None, options.alphas, options.holdout)
         alpha, chosen = float(np.median(alphas)), {"alphas": alphas}

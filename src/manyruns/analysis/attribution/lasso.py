@@ -14,10 +14,12 @@ output less the weighted mean mask. Most training examples get exactly zero: the
 names the few that move the output.
 
 Solver: scikit-learn's coordinate descent (``lasso_path``) on the precomputed ``(K, K)`` Gram
-matrix, in float64, to a duality gap of ``tol`` times ``||y||^2`` or ``max_iter`` sweeps. Memory: the masks, one ``(R, K)`` float64 gather and the Gram per test
-example (computed once for all of them without neighbours), and the ``(T, N)`` float32 scores.
-Time: each coordinate sweep costs ``K^2`` per test example, so on all of 5,000 or more training
-examples prefer neighbours (``K`` of a few hundred).
+matrix, in float64, to a duality gap of ``tol`` times ``||y||^2`` or ``max_iter`` sweeps.
+Memory: the masks, one ``(R, K)`` float64 gather and the Gram per test example (computed once
+for all of them without neighbours: ``8 N^2`` bytes, so :func:`.datamodels.datamodels` asks for
+neighbours above ``MAX_COLUMNS`` training examples), and the ``(T, N)`` float32 scores. Time:
+each coordinate sweep costs ``K^2`` per test example, so on thousands of training examples
+prefer neighbours (``K`` of a few hundred).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+
+MAX_COLUMNS = 10_000  # without neighbours: a Gram matrix of 8 N^2 bytes (0.8 GB at this size)
 
 
 def fit_lasso(masks: np.ndarray, outputs: np.ndarray, columns: np.ndarray | None, alphas: tuple[float, ...], holdout: float,
