@@ -44,43 +44,48 @@ def fit_lasso(masks: np.ndarray, outputs: np.ndarray, columns: np.ndarray | None
     scores = np.zeros((T, N), dtype=np.float32)
     intercept = np.zeros(T)
     chosen = np.full(T, fractions[-1])
-    shared = None
-    if columns is None:  # one candidate set for every test example: its Gram matrices once
-        X = masks.astype(np.float64)
-        shared = (X, _centered_gram(X[:n_fit]) if n_val else None, _centered_gram(X))
+    choose = bool(n_val) and len(fractions) > 1
+
+    def designs(X: np.ndarray) -> tuple[tuple | None, tuple]:
+        return (_centered(X[:n_fit]) if choose else None), _centered(X)
+
+    X_all = masks.astype(np.float64) if columns is None else None
+    shared = designs(X_all) if columns is None else None  # one candidate set for every test example: centered once
     for z in range(T):
         cols = np.arange(N) if columns is None else columns[z]
-        X, gram_fit, gram_all = shared if shared is not None else (masks[:, cols].astype(np.float64), None, None)
+        X = X_all if columns is None else masks[:, cols].astype(np.float64)
+        fit_part, full = shared if shared is not None else designs(X)
         y = np.asarray(outputs[:, z], dtype=np.float64)
-        if n_val and len(fractions) > 1:
-            w, b = _path(X[:n_fit], y[:n_fit], fractions, gram_fit, max_iter, tol)
+        if choose:
+            w, b = _path(fit_part, y[:n_fit], fractions, max_iter, tol)
             errors = ((y[n_fit:, None] - X[n_fit:] @ w - b) ** 2).mean(0)
             chosen[z] = fractions[int(np.argmin(errors))]
-        w, b = _path(X, y, (chosen[z],), gram_all, max_iter, tol)
+        w, b = _path(full, y, (chosen[z],), max_iter, tol)
         scores[z, cols] = w[:, 0]
         intercept[z] = b[0]
     return scores, intercept, chosen
 
 
-def _centered_gram(X: np.ndarray) -> np.ndarray:
-    Xc = X - X.mean(0)
-    return Xc.T @ Xc
+def _centered(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(X - mean, mean, Gram of the centered X)``: what every path on these columns needs."""
+    mean = X.mean(0)
+    Xc = X - mean
+    return Xc, mean, Xc.T @ Xc
 
 
-def _path(X: np.ndarray, y: np.ndarray, fractions: tuple[float, ...], gram: np.ndarray | None, max_iter: int, tol: float) -> tuple[np.ndarray, np.ndarray]:
+def _path(design: tuple[np.ndarray, np.ndarray, np.ndarray], y: np.ndarray, fractions: tuple[float, ...], max_iter: int, tol: float) -> tuple[np.ndarray, np.ndarray]:
     """Weights ``(K, A)`` and intercepts ``(A,)`` at ``a * alpha_max`` for each ``a`` of
-    ``fractions`` (largest first), ``gram`` the centered Gram of ``X`` when already known."""
+    ``fractions`` (largest first), on the centered columns ``design`` (:func:`_centered`)."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import lasso_path
 
-    R = X.shape[0]
-    mx, my = X.mean(0), y.mean()
-    Xc, yc = X - mx, y - my
+    Xc, mx, gram = design
+    my = y.mean()
+    yc = y - my
     xy = Xc.T @ yc
-    alpha_max = float(np.abs(xy).max()) / R
+    alpha_max = float(np.abs(xy).max()) / Xc.shape[0]
     if alpha_max == 0.0:  # the candidates never varied, or the output did not: nothing to fit
-        return np.zeros((X.shape[1], len(fractions))), np.full(len(fractions), my)
-    gram = Xc.T @ Xc if gram is None else gram
+        return np.zeros((Xc.shape[1], len(fractions))), np.full(len(fractions), my)
     with warnings.catch_warnings():  # near-collinear candidates may stop at max_iter sweeps, a duality gap near tol
         warnings.simplefilter("ignore", ConvergenceWarning)
         _, coefs, _ = lasso_path(Xc, yc, alphas=alpha_max * np.asarray(fractions), precompute=gram, Xy=xy, max_iter=max_iter, tol=tol)
